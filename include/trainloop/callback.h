@@ -1,0 +1,66 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "trainloop/event.h"
+
+namespace torch::serialize {
+class InputArchive;
+class OutputArchive;
+}  // namespace torch::serialize
+
+namespace trainloop {
+
+class TrainingLoop;
+
+/// Common base of the three cancel requests; the loop catches each at its level.
+struct Cancel {
+  virtual ~Cancel() = default;
+};
+/// Thrown by a callback to skip the rest of the current batch (batch_end still runs).
+struct CancelBatch : Cancel {};
+/// Thrown by a callback to skip the rest of the current epoch (epoch_end still runs).
+struct CancelEpoch : Cancel {};
+/// Thrown by a callback to end the fit cleanly (fit_end still runs).
+struct CancelFit : Cancel {};
+
+/// Something that runs at the loop's events. It reads and may change
+/// `loop.state()`, and throws a `Cancel` type to stop work.
+class Callback {
+ public:
+  virtual ~Callback() = default;
+  /// Called at every event, in the order the callbacks were given.
+  virtual void on_event(Event event, TrainingLoop& loop) = 0;
+  /// A stable name: used in error messages and as the key of this
+  /// callback's state in a checkpoint. Default: the demangled type name.
+  virtual std::string state_key() const;
+  /// Writes the callback's own state into a checkpoint.
+  virtual void save(torch::serialize::OutputArchive& /*archive*/) const {}
+  /// Reads the state written by `save`.
+  virtual void load(torch::serialize::InputArchive& /*archive*/) {}
+};
+
+/// A callback made of one function, for one-off customization.
+class LambdaCallback : public Callback {
+ public:
+  using Function = std::function<void(Event, TrainingLoop&)>;
+  /// `name` is what error messages call this callback.
+  LambdaCallback(Function function, std::string name);
+  void on_event(Event event, TrainingLoop& loop) override;
+  std::string state_key() const override;
+
+ private:
+  Function function_;
+  std::string name_;
+};
+
+namespace callbacks {
+/// Wraps a function of `(Event, TrainingLoop&)` as a callback.
+/// Example: `callbacks::lambda([](Event e, TrainingLoop& l) { ... })`
+std::shared_ptr<Callback> lambda(LambdaCallback::Function function,
+                                 std::string name = "lambda");
+}  // namespace callbacks
+
+}  // namespace trainloop

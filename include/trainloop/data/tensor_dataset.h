@@ -1,0 +1,21 @@
+#pragma once
+
+#include <torch/torch.h>
+
+namespace trainloop::data {
+
+/// An in-memory dataset: example i is `inputs[i]` with `targets[i]`.
+/// `targets` may be undefined for prediction-only data.
+struct TensorDataset {
+  TensorDataset() = default;
+  /// Checks that both tensors hold the same number of examples.
+  TensorDataset(torch::Tensor inputs, torch::Tensor targets);
+
+  torch::Tensor inputs;
+  torch::Tensor targets;
+
+  /// Number of examples.
+  int64_t size() const { return inputs.defined() ? inputs.size(0) : 0; }
+};
+
+}  // namespace trainloop::data

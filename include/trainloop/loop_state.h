@@ -1,0 +1,71 @@
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainloop/metrics.h"
+
+namespace trainloop {
+
+/// What the loop is doing: training, validating during a fit, or running
+/// `evaluate` or `predict`.
+enum class Phase { training, validation, evaluation, prediction };
+
+/// The phase's name, e.g. "validation".
+const char* to_string(Phase phase);
+
+/// Everything callbacks may read and change while the loop runs. The loop
+/// reads back `inputs` and `targets` after batch_start, `outputs` and `loss`
+/// after inference_prediction_end, so a callback can replace them.
+struct LoopState {
+  /// Current epoch, 0-based, and the number of epochs of this fit.
+  int64_t epoch = 0;
+  int64_t epoch_count = 0;
+  /// Current batch within the phase, 0-based, and the phase's batch count.
+  int64_t batch = 0;
+  int64_t batch_count = 0;
+  /// Optimizer updates done since the fit started.
+  int64_t global_step = 0;
+  /// Training, validation, evaluation or prediction.
+  Phase phase = Phase::training;
+  /// The device the model runs on.
+  torch::Device device = torch::kCPU;
+
+  /// The current batch (on `device`), the model's outputs and the mean loss.
+  torch::Tensor inputs;
+  torch::Tensor targets;
+  torch::Tensor outputs;
+  torch::Tensor loss;
+
+  /// Set by a callback to end the fit after the current batch, as `CancelFit`
+  /// does, but without unwinding the batch.
+  bool stop_requested = false;
+
+  /// Metrics of the training phase (the first is always the loss) and their
+  /// validation twins; both accumulate since their phase started.
+  std::vector<std::shared_ptr<Metric>> training_metrics;
+  std::vector<std::shared_ptr<Metric>> validation_metrics;
+
+  /// The optimizer of the fit (null outside a fit).
+  torch::optim::Optimizer* optimizer = nullptr;
+
+  /// The value of a metric by log name: "loss", "accuracy", "val_loss", …
+  /// Reads the device (a sync): call it when a number is needed, not per batch.
+  /// NaN when the phase has not run yet. Throws `Error` for an unknown name.
+  double metric(const std::string& name) const;
+  /// All metric names: training ones, then validation ones with "val_".
+  std::vector<std::string> metric_names() const;
+  /// The metrics of the running phase (validation ones while validating).
+  const std::vector<std::shared_ptr<Metric>>& phase_metrics() const;
+
+  /// Learning rate of the optimizer's first parameter group.
+  double learning_rate() const;
+  /// Sets the learning rate of every parameter group.
+  void set_learning_rate(double rate);
+};
+
+}  // namespace trainloop

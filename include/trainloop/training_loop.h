@@ -1,0 +1,102 @@
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainloop/callback.h"
+#include "trainloop/data/epochs.h"
+#include "trainloop/event.h"
+#include "trainloop/loop_state.h"
+#include "trainloop/losses.h"
+#include "trainloop/metrics.h"
+#include "trainloop/model.h"
+
+namespace trainloop {
+
+/// How a fit ended.
+enum class FitStatus {
+  completed,  ///< every epoch ran
+  cancelled,  ///< a callback threw `CancelFit` or set `stop_requested`
+};
+
+/// The generalized training loop: owns the data, loss, metrics and callbacks,
+/// drives an optimizer, and runs callbacks at every `Event`.
+///
+/// Example:
+///   TrainingLoop loop(data::Epochs(train, 64).seed(42), data::Batches(test, 256),
+///                     optimizer, losses::cross_entropy, {metrics::accuracy()},
+///                     {callbacks::progress()});
+///   loop.fit(model, 10, torch::kCPU);
+class TrainingLoop {
+ public:
+  /// Computes `state.outputs` from `state.inputs` and, when `state.targets`
+  /// is defined, `state.loss`. Replace it for models that need more than
+  /// `loss(model(inputs), targets)`.
+  using Step = std::function<void(LoopState& state, const Model& model, const LossFunction& loss)>;
+
+  /// `validation` may be `nullptr` (no validation). The optimizer is used by
+  /// reference and must outlive the loop. A loss metric named "loss" is
+  /// added in front of `metrics` unless one is given.
+  TrainingLoop(data::DataSource training, data::DataSource validation,
+               torch::optim::Optimizer& optimizer, LossFunction loss,
+               std::vector<std::shared_ptr<Metric>> metrics = {},
+               std::vector<std::shared_ptr<Callback>> callbacks = {});
+
+  /// Trains `model` for `epochs` epochs on `device` (moving the model and
+  /// each batch there), validating after each epoch. `fit_end` runs however
+  /// the fit ends; an exception from a callback is rethrown as `Error` naming
+  /// the callback and event, after `fit_end`.
+  FitStatus fit(Model model, int64_t epochs, torch::Device device = torch::kCPU);
+
+  /// Runs `data` through the model without gradients and returns every
+  /// metric by name ("loss", "accuracy", …).
+  std::map<std::string, double> evaluate(Model model, data::DataSource data,
+                                         torch::Device device = torch::kCPU);
+
+  /// Runs `data` through the model without gradients and returns all
+  /// outputs concatenated along dimension 0, on the CPU.
+  torch::Tensor predict(Model model, data::DataSource data, torch::Device device = torch::kCPU);
+
+  /// The state callbacks read and change.
+  LoopState& state() { return state_; }
+  const LoopState& state() const { return state_; }
+  /// The model of the running fit, evaluate or predict.
+  Model& model();
+  torch::optim::Optimizer& optimizer() { return optimizer_; }
+  const std::vector<std::shared_ptr<Callback>>& callbacks() const { return callbacks_; }
+
+  /// Replaces the step (see `Step`).
+  TrainingLoop& step(Step step);
+  /// Appends a callback after those given to the constructor.
+  TrainingLoop& add_callback(std::shared_ptr<Callback> callback);
+
+ private:
+  void emit(Event event);
+  /// Emits `start`, runs `body`, emits `end`; swallows cancels up to
+  /// `cancel_level` (0 none, 1 batch, 2 epoch, 3 fit) and emits `end` before
+  /// letting a wider cancel through, so every start has its end.
+  template <class Body>
+  void phase(Event start, Event end, int cancel_level, Body&& body);
+  void begin_run(const Model& model, torch::Device device);
+  void run_epoch();
+  void run_pass(data::BatchSource& source, Phase phase);
+  void run_batch(const data::Batch& batch);
+
+  data::DataSource training_;
+  data::DataSource validation_;
+  torch::optim::Optimizer& optimizer_;
+  LossFunction loss_;
+  std::vector<std::shared_ptr<Callback>> callbacks_;
+  Step step_;
+  LoopState state_;
+  std::optional<Model> model_;
+  std::vector<torch::Tensor> predictions_;
+};
+
+}  // namespace trainloop

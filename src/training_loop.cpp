@@ -1,0 +1,234 @@
+#include "trainloop/training_loop.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <exception>
+#include <set>
+
+#include "trainloop/error.h"
+
+namespace trainloop {
+
+namespace {
+
+constexpr int kSwallowNone = 0;
+constexpr int kBatchLevel = 1;
+constexpr int kEpochLevel = 2;
+constexpr int kFitLevel = 3;
+
+int level_of(const Cancel& cancel) {
+  if (dynamic_cast<const CancelBatch*>(&cancel) != nullptr) return kBatchLevel;
+  if (dynamic_cast<const CancelEpoch*>(&cancel) != nullptr) return kEpochLevel;
+  return kFitLevel;
+}
+
+torch::Tensor to_device(const torch::Tensor& tensor, const torch::Device& device) {
+  if (!tensor.defined() || tensor.device() == device) return tensor;
+  if (device.is_cuda() && tensor.device().is_cpu()) {
+    // From pinned memory the copy is asynchronous and overlaps with compute.
+    return (tensor.is_pinned() ? tensor : tensor.pin_memory()).to(device, /*non_blocking=*/true);
+  }
+  return tensor.to(device);
+}
+
+void default_step(LoopState& state, const Model& model, const LossFunction& loss) {
+  state.outputs = model.forward(state.inputs);
+  if (state.targets.defined()) state.loss = loss(state.outputs, state.targets);
+}
+
+}  // namespace
+
+TrainingLoop::TrainingLoop(data::DataSource training, data::DataSource validation,
+                           torch::optim::Optimizer& optimizer, LossFunction loss,
+                           std::vector<std::shared_ptr<Metric>> metrics,
+                           std::vector<std::shared_ptr<Callback>> callbacks)
+    : training_(std::move(training)),
+      validation_(std::move(validation)),
+      optimizer_(optimizer),
+      loss_(std::move(loss)),
+      callbacks_(std::move(callbacks)),
+      step_(default_step) {
+  if (!training_) throw Error("TrainingLoop: no training data");
+  if (!loss_) throw Error("TrainingLoop: the loss function is empty");
+  std::set<std::string> names;
+  for (size_t i = 0; i < metrics.size(); ++i) {
+    if (!metrics[i]) throw Error(fmt::format("TrainingLoop: metric {} is null", i));
+    if (!names.insert(metrics[i]->name()).second) {
+      throw Error(fmt::format("TrainingLoop: two metrics are named \"{}\"", metrics[i]->name()));
+    }
+  }
+  if (names.count("loss") == 0) metrics.insert(metrics.begin(), metrics::loss());
+  for (const auto& metric : metrics) state_.validation_metrics.push_back(metric->clone());
+  state_.training_metrics = std::move(metrics);
+  for (size_t i = 0; i < callbacks_.size(); ++i) {
+    if (!callbacks_[i]) throw Error(fmt::format("TrainingLoop: callback {} is null", i));
+  }
+  state_.optimizer = &optimizer_;
+}
+
+Model& TrainingLoop::model() {
+  if (!model_) throw Error("TrainingLoop::model: no fit, evaluate or predict has started");
+  return *model_;
+}
+
+TrainingLoop& TrainingLoop::step(Step step) {
+  if (!step) throw Error("TrainingLoop::step: the step function is empty");
+  step_ = std::move(step);
+  return *this;
+}
+
+TrainingLoop& TrainingLoop::add_callback(std::shared_ptr<Callback> callback) {
+  if (!callback) throw Error("TrainingLoop::add_callback: the callback is null");
+  callbacks_.push_back(std::move(callback));
+  return *this;
+}
+
+void TrainingLoop::emit(Event event) {
+  for (const auto& callback : callbacks_) {
+    try {
+      callback->on_event(event, *this);
+    } catch (const Cancel&) {
+      throw;
+    } catch (const std::exception& e) {
+      std::throw_with_nested(Error(fmt::format("callback {} failed at {}: {}",
+                                               callback->state_key(), to_string(event), e.what())));
+    }
+  }
+}
+
+template <class Body>
+void TrainingLoop::phase(Event start, Event end, int cancel_level, Body&& body) {
+  try {
+    emit(start);
+    body();
+  } catch (const Cancel& cancel) {
+    if (level_of(cancel) > cancel_level) {
+      emit(end);
+      throw;
+    }
+  }
+  emit(end);
+}
+
+void TrainingLoop::begin_run(const Model& model, torch::Device device) {
+  model_.emplace(model);
+  model_->to(device);
+  state_.device = device;
+  state_.inputs = state_.targets = state_.outputs = state_.loss = torch::Tensor();
+}
+
+FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device) {
+  if (epochs < 0) throw Error(fmt::format("TrainingLoop::fit: epochs is {}, expected >= 0", epochs));
+  begin_run(model, device);
+  state_.epoch = 0;
+  state_.epoch_count = epochs;
+  state_.global_step = 0;
+  state_.stop_requested = false;
+  bool cancelled = false;
+  try {
+    emit(Event::fit_start);
+    for (; state_.epoch < epochs; ++state_.epoch) {
+      phase(Event::epoch_start, Event::epoch_end, kEpochLevel, [&] { run_epoch(); });
+      if (state_.stop_requested) throw CancelFit();
+    }
+  } catch (const Cancel&) {
+    cancelled = true;
+  } catch (...) {
+    // fit_end still runs so callbacks close and flush their files; the
+    // original error is the one the caller sees.
+    try {
+      emit(Event::fit_end);
+    } catch (...) {
+    }
+    throw;
+  }
+  emit(Event::fit_end);
+  return cancelled ? FitStatus::cancelled : FitStatus::completed;
+}
+
+void TrainingLoop::run_epoch() {
+  run_pass(*training_, Phase::training);
+  if (validation_) run_pass(*validation_, Phase::validation);
+}
+
+void TrainingLoop::run_pass(data::BatchSource& source, Phase phase_kind) {
+  const bool training = phase_kind == Phase::training;
+  state_.phase = phase_kind;
+  state_.batch = 0;
+  source.start_epoch(state_.epoch);
+  state_.batch_count = source.batch_count();
+  model_->train(training);
+  for (const auto& metric : state_.phase_metrics()) metric->reset();
+  std::optional<torch::NoGradGuard> no_grad;
+  if (!training) no_grad.emplace();
+  const Event start = training ? Event::training_start : Event::validation_start;
+  const Event end = training ? Event::training_end : Event::validation_end;
+  phase(start, end, kSwallowNone, [&] {
+    for (state_.batch = 0; state_.batch < state_.batch_count; ++state_.batch) {
+      run_batch(source.batch(state_.batch));
+      if (state_.stop_requested) throw CancelFit();
+    }
+  });
+}
+
+void TrainingLoop::run_batch(const data::Batch& batch) {
+  state_.inputs = to_device(batch.inputs, state_.device);
+  state_.targets = to_device(batch.targets, state_.device);
+  state_.outputs = state_.loss = torch::Tensor();
+  phase(Event::batch_start, Event::batch_end, kBatchLevel, [&] {
+    step_(state_, *model_, loss_);
+    emit(Event::inference_prediction_end);
+    if (state_.phase == Phase::prediction) {
+      predictions_.push_back(state_.outputs.detach());
+      return;
+    }
+    if (state_.loss.defined()) {
+      const torch::Tensor outputs = state_.outputs.detach();
+      const torch::Tensor loss = state_.loss.detach();
+      for (const auto& metric : state_.phase_metrics()) metric->update(outputs, state_.targets, loss);
+    }
+    if (state_.phase != Phase::training) return;
+    if (!state_.loss.defined()) {
+      throw Error(fmt::format("TrainingLoop: the step left no loss at epoch {} batch {}; "
+                              "training needs targets and a loss",
+                              state_.epoch, state_.batch));
+    }
+    optimizer_.zero_grad();
+    state_.loss.backward();
+    emit(Event::update_start);
+    optimizer_.step();
+    ++state_.global_step;
+  });
+}
+
+std::map<std::string, double> TrainingLoop::evaluate(Model model, data::DataSource data,
+                                                     torch::Device device) {
+  if (!data) throw Error("TrainingLoop::evaluate: no data");
+  begin_run(model, device);
+  try {
+    run_pass(*data, Phase::evaluation);
+  } catch (const Cancel&) {
+    // A cancel ends the evaluation early; the metrics cover what ran.
+  }
+  std::map<std::string, double> result;
+  for (const auto& metric : state_.validation_metrics) result[metric->name()] = metric->compute();
+  return result;
+}
+
+torch::Tensor TrainingLoop::predict(Model model, data::DataSource data, torch::Device device) {
+  if (!data) throw Error("TrainingLoop::predict: no data");
+  begin_run(model, device);
+  predictions_.clear();
+  try {
+    run_pass(*data, Phase::prediction);
+  } catch (const Cancel&) {
+    // A cancel ends the prediction early; the outputs cover what ran.
+  }
+  std::vector<torch::Tensor> outputs = std::move(predictions_);
+  predictions_.clear();
+  if (outputs.empty()) return torch::Tensor();
+  return torch::cat(outputs, 0).cpu();
+}
+
+}  // namespace trainloop
