@@ -1,0 +1,124 @@
+// Trains LeNet-5 on Fashion-MNIST with SGD and momentum: the trainloop demo.
+#include <trainloop/trainloop.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "lenet.h"
+
+namespace tl = trainloop;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Flags {
+  int64_t epochs = 10;
+  int64_t batch_size = 64;
+  double lr = 0.01;
+  double momentum = 0.9;
+  uint64_t seed = 42;
+  std::string device = "cpu";
+  int threads = 0;
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string out = "run";
+};
+
+// Exit code 2 with one line for anything wrong on the command line.
+constexpr int kUsageError = 2;
+
+// CLI11's PositiveNumber prints a 300-digit range for a non-number.
+const CLI::Validator kPositive(
+    [](std::string& text) -> std::string {
+      char* end = nullptr;
+      const double value = std::strtod(text.c_str(), &end);
+      if (end == text.c_str() || *end != '\0' || !(value > 0)) {
+        return "expected a positive number, found \"" + text + "\"";
+      }
+      return "";
+    },
+    "POSITIVE");
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "fashion_mnist_lenet: %s (see --help)\n", message.c_str());
+  return kUsageError;
+}
+
+// Writes to a temporary name, then renames, so a killed run never leaves a
+// half-written model behind.
+void save_atomically(const tl::examples::LeNet& model, const fs::path& path) {
+  const fs::path temporary = path.string() + ".tmp";
+  torch::save(model, temporary.string());
+  fs::rename(temporary, path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  CLI::App app("Trains LeNet-5 on Fashion-MNIST with trainloop.", "fashion_mnist_lenet");
+  app.add_option("--epochs", flags.epochs, "epochs to train")->check(CLI::Range(int64_t{1}, int64_t{1000}))->capture_default_str();
+  app.add_option("--batch-size", flags.batch_size, "examples per training batch")->check(CLI::Range(int64_t{1}, int64_t{60000}))->capture_default_str();
+  app.add_option("--lr", flags.lr, "SGD learning rate")->check(kPositive)->capture_default_str();
+  app.add_option("--momentum", flags.momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--seed", flags.seed, "seed of the initial weights and the batch order")->capture_default_str();
+  app.add_option("--device", flags.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")->check(CLI::Range(0, 1024))->capture_default_str();
+  app.add_option("--data-dir", flags.data_dir, "directory of the Fashion-MNIST IDX files")->check(CLI::ExistingDirectory)->capture_default_str();
+  app.add_option("--out", flags.out, "directory for the trained model")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::string message = e.what();
+    if (const auto newline = message.find('\n'); newline != std::string::npos) message.resize(newline);
+    return usage_error(message);
+  }
+
+  torch::Device device(torch::kCPU);
+  try {
+    device = torch::Device(flags.device);
+  } catch (const std::exception&) {
+    return usage_error(fmt::format("--device: \"{}\" is not a device; expected cpu, cuda or cuda:N", flags.device));
+  }
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    return usage_error(fmt::format("--device: {} requested, but this LibTorch sees no CUDA device", flags.device));
+  }
+  if (flags.threads > 0) torch::set_num_threads(flags.threads);
+
+  try {
+    auto [train, test] = tl::data::fashion_mnist(flags.data_dir);
+    torch::manual_seed(flags.seed);
+    tl::examples::LeNet model;
+    torch::optim::SGD optimizer(model->parameters(),
+                                torch::optim::SGDOptions(flags.lr).momentum(flags.momentum));
+    tl::TrainingLoop loop(tl::data::Epochs(train, flags.batch_size).shuffle(true).seed(flags.seed),
+                          tl::data::Batches(test, 1000), optimizer, tl::losses::cross_entropy,
+                          {tl::metrics::accuracy(), tl::metrics::top_k_accuracy(5)},
+                          {tl::callbacks::progress()});
+    std::printf("Fashion-MNIST: %lld training and %lld test images; LeNet-5 on %s, LibTorch threads: %d\n",
+                static_cast<long long>(train.size()), static_cast<long long>(test.size()),
+                device.str().c_str(), torch::get_num_threads());
+    std::fflush(stdout);
+    const auto start = std::chrono::steady_clock::now();
+    loop.fit(model, flags.epochs, device);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double accuracy = loop.state().metric("val_accuracy");
+    fs::create_directories(flags.out);
+    const fs::path model_path = fs::path(flags.out) / "lenet.pt";
+    save_atomically(model, model_path);
+    std::printf("test accuracy %.4f after %lld epochs in %.1f s; model saved to %s\n", accuracy,
+                static_cast<long long>(flags.epochs), seconds, model_path.c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fashion_mnist_lenet: %s\n", e.what());
+    return 1;
+  }
+}
