@@ -1,0 +1,328 @@
+#include "trainloop/metrics.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainloop/error.h"
+
+namespace trainloop {
+namespace {
+
+// Every update below builds its result from whole-tensor ops and adds it to an
+// accumulator on the outputs' device; nothing reads a value back, so a GPU
+// pipeline never waits for the metric. Only compute() copies to the host.
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+std::string shape_of(const torch::Tensor& tensor) {
+  return fmt::format("[{}]", fmt::join(tensor.sizes(), ", "));
+}
+
+void check_batch(const std::string& metric, const torch::Tensor& outputs,
+                 const torch::Tensor& targets) {
+  if (!outputs.defined() || !targets.defined()) {
+    throw Error(fmt::format("{}: outputs or targets are undefined tensors", metric));
+  }
+  if (outputs.dim() == 0 || targets.dim() == 0) {
+    throw Error(fmt::format("{}: outputs {} and targets {}, expected a leading batch dimension",
+                            metric, shape_of(outputs), shape_of(targets)));
+  }
+  if (outputs.size(0) != targets.size(0)) {
+    throw Error(fmt::format("{}: outputs hold {} examples, targets {}", metric, outputs.size(0),
+                            targets.size(0)));
+  }
+}
+
+// Adding a CUDA batch into a CPU accumulator (or back) would copy, and so
+// sync, on every update; a metric follows one device until reset().
+void check_device(const std::string& metric, const torch::Tensor& accumulator,
+                  const torch::Tensor& outputs) {
+  if (accumulator.defined() && accumulator.device() != outputs.device()) {
+    throw Error(fmt::format("{}: batch on {}, earlier batches on {}; reset() before moving", metric,
+                            outputs.device().str(), accumulator.device().str()));
+  }
+}
+
+torch::Tensor zeros_on(const torch::Tensor& outputs, torch::IntArrayRef sizes,
+                       torch::ScalarType dtype) {
+  return torch::zeros(sizes, torch::TensorOptions().dtype(dtype).device(outputs.device()));
+}
+
+// Class predictions and integer targets of one batch, both [N] int64 on the
+// outputs' device, by the rules documented for metrics::accuracy.
+struct Labels {
+  torch::Tensor predicted;
+  torch::Tensor actual;
+  int64_t num_classes;
+};
+
+Labels labels_of(const std::string& metric, const torch::Tensor& outputs,
+                 const torch::Tensor& targets) {
+  const int64_t n = outputs.size(0);
+  const bool binary = outputs.dim() == 1 || (outputs.dim() == 2 && outputs.size(1) == 1);
+  if (!binary && outputs.dim() != 2) {
+    throw Error(fmt::format("{}: outputs {}, expected [N, C] class scores or [N] / [N, 1] logits",
+                            metric, shape_of(outputs)));
+  }
+  if (targets.numel() != n) {
+    throw Error(fmt::format("{}: targets {} for outputs {}, expected one class index each, [{}]",
+                            metric, shape_of(targets), shape_of(outputs), n));
+  }
+  torch::Tensor actual = targets.detach().reshape({n}).to(outputs.device());
+  if (binary) {
+    // Float 0/1 targets may carry label smoothing (0.05 / 0.95); thresholding at
+    // 0.5 reads them as the logits are read at 0, where truncation would not.
+    if (actual.is_floating_point()) actual = actual.gt(0.5);
+    return {outputs.detach().reshape({n}).gt(0).to(torch::kLong), actual.to(torch::kLong), 2};
+  }
+  return {outputs.detach().argmax(1), actual.to(torch::kLong), outputs.size(1)};
+}
+
+// Batch loss weighted by examples ("loss") or by target elements
+// ("perplexity", which then takes exp of the mean).
+class MeanLoss final : public Metric {
+ public:
+  MeanLoss(std::string name, bool per_token) : name_(std::move(name)), per_token_(per_token) {}
+
+  std::string name() const override { return name_; }
+
+  void reset() override {
+    sum_ = torch::Tensor();
+    weight_ = 0;
+  }
+
+  void update(const torch::Tensor& outputs, const torch::Tensor& targets,
+              const torch::Tensor& loss) override {
+    check_batch(name_, outputs, targets);
+    if (!loss.defined() || loss.numel() != 1) {
+      throw Error(fmt::format("{}: batch loss {}, expected a scalar", name_,
+                              loss.defined() ? shape_of(loss) : std::string("undefined")));
+    }
+    const int64_t weight = per_token_ ? targets.numel() : targets.size(0);
+    // An empty batch has a NaN mean loss, which would poison the sum at weight 0.
+    if (weight == 0) return;
+    check_device(name_, sum_, outputs);
+    if (!sum_.defined()) sum_ = zeros_on(outputs, {}, torch::kDouble);
+    sum_.add_(loss.detach().reshape({}).to(sum_.device(), torch::kDouble), weight);
+    weight_ += weight;
+  }
+
+  double compute() const override {
+    if (weight_ == 0) return kNaN;
+    const double mean = sum_.item<double>() / static_cast<double>(weight_);
+    return per_token_ ? std::exp(mean) : mean;
+  }
+
+  std::shared_ptr<Metric> clone() const override {
+    return std::make_shared<MeanLoss>(name_, per_token_);
+  }
+
+ private:
+  std::string name_;
+  bool per_token_;
+  torch::Tensor sum_;  // Σ batch loss × weight, double, on the outputs' device
+  int64_t weight_ = 0;
+};
+
+class Accuracy final : public Metric {
+ public:
+  std::string name() const override { return "accuracy"; }
+
+  void reset() override {
+    correct_ = torch::Tensor();
+    total_ = 0;
+  }
+
+  void update(const torch::Tensor& outputs, const torch::Tensor& targets,
+              const torch::Tensor& /*loss*/) override {
+    check_batch(name(), outputs, targets);
+    const Labels labels = labels_of(name(), outputs, targets);
+    if (outputs.size(0) == 0) return;
+    check_device(name(), correct_, outputs);
+    if (!correct_.defined()) correct_ = zeros_on(outputs, {}, torch::kLong);
+    correct_.add_(labels.predicted.eq(labels.actual).sum());
+    total_ += outputs.size(0);
+  }
+
+  double compute() const override {
+    if (total_ == 0) return kNaN;
+    return correct_.item<double>() / static_cast<double>(total_);
+  }
+
+  std::shared_ptr<Metric> clone() const override { return std::make_shared<Accuracy>(); }
+
+ private:
+  torch::Tensor correct_;  // int64 count on the outputs' device
+  int64_t total_ = 0;
+};
+
+class TopKAccuracy final : public Metric {
+ public:
+  explicit TopKAccuracy(int64_t k) : k_(k), name_(fmt::format("top{}_accuracy", k)) {}
+
+  std::string name() const override { return name_; }
+
+  void reset() override {
+    correct_ = torch::Tensor();
+    total_ = 0;
+  }
+
+  void update(const torch::Tensor& outputs, const torch::Tensor& targets,
+              const torch::Tensor& /*loss*/) override {
+    check_batch(name_, outputs, targets);
+    if (outputs.dim() != 2) {
+      throw Error(
+          fmt::format("{}: outputs {}, expected [N, C] class scores", name_, shape_of(outputs)));
+    }
+    const int64_t n = outputs.size(0);
+    const int64_t num_classes = outputs.size(1);
+    if (targets.numel() != n) {
+      throw Error(fmt::format("{}: targets {} for outputs {}, expected one class index each, [{}]",
+                              name_, shape_of(targets), shape_of(outputs), n));
+    }
+    if (n == 0) return;
+    check_device(name_, correct_, outputs);
+    if (!correct_.defined()) correct_ = zeros_on(outputs, {}, torch::kLong);
+
+    const torch::Tensor scores = outputs.detach();
+    const torch::Tensor actual =
+        targets.detach().reshape({n, 1}).to(outputs.device(), torch::kLong);
+    // gather's bounds check is a device-side assert on a GPU, fatal to the
+    // process; clamped, an out-of-range target just counts as a miss, as in
+    // accuracy.
+    const torch::Tensor in_range = (actual.ge(0) & actual.lt(num_classes)).reshape({n});
+    const torch::Tensor index = actual.clamp(0, num_classes - 1);
+    const torch::Tensor target_score = scores.gather(1, index);
+    const torch::Tensor classes = torch::arange(num_classes, index.options());
+    // The target's rank: classes scoring higher, plus equal scores with a
+    // higher index, as scikit-learn's reversed stable argsort orders them.
+    // With k >= C every rank is below k, scikit-learn's score of 1.
+    const torch::Tensor ahead =
+        scores.gt(target_score) | (scores.eq(target_score) & classes.gt(index));
+    const torch::Tensor rank = ahead.sum(1, /*keepdim=*/false, torch::kLong);
+    correct_.add_((rank.lt(k_) & in_range).sum());
+    total_ += n;
+  }
+
+  double compute() const override {
+    if (total_ == 0) return kNaN;
+    return correct_.item<double>() / static_cast<double>(total_);
+  }
+
+  std::shared_ptr<Metric> clone() const override { return std::make_shared<TopKAccuracy>(k_); }
+
+ private:
+  int64_t k_;
+  std::string name_;
+  torch::Tensor correct_;  // int64 count on the outputs' device
+  int64_t total_ = 0;
+};
+
+class MatthewsCorrelation final : public Metric {
+ public:
+  std::string name() const override { return "matthews_correlation"; }
+
+  void reset() override {
+    confusion_ = torch::Tensor();
+    num_classes_ = 0;
+    total_ = 0;
+  }
+
+  void update(const torch::Tensor& outputs, const torch::Tensor& targets,
+              const torch::Tensor& /*loss*/) override {
+    check_batch(name(), outputs, targets);
+    const Labels labels = labels_of(name(), outputs, targets);
+    if (num_classes_ != 0 && labels.num_classes != num_classes_) {
+      throw Error(fmt::format("{}: batch has {} classes, earlier batches {}", name(),
+                              labels.num_classes, num_classes_));
+    }
+    if (outputs.size(0) == 0) return;
+    check_device(name(), confusion_, outputs);
+    const int64_t c = labels.num_classes;
+    if (!confusion_.defined()) {
+      confusion_ = zeros_on(outputs, {c, c}, torch::kDouble);
+      num_classes_ = c;
+    }
+    // One-hot(targets)ᵀ · one-hot(predictions) is this batch's confusion
+    // matrix from dense ops alone. bincount would read the largest index back
+    // to size its result (a sync on CUDA), and scatter-adds are flagged
+    // nondeterministic there. A target outside [0, C) matches no row, which
+    // compute() notices from the total. Double counts stay exact to 2^53.
+    const torch::Tensor classes = torch::arange(c, labels.actual.options());
+    const torch::Tensor truth = labels.actual.unsqueeze(1).eq(classes).to(torch::kDouble);
+    const torch::Tensor guess = labels.predicted.unsqueeze(1).eq(classes).to(torch::kDouble);
+    confusion_.add_(truth.t().mm(guess));
+    total_ += outputs.size(0);
+  }
+
+  double compute() const override {
+    if (total_ == 0) return kNaN;
+    const torch::Tensor host = confusion_.to(torch::kCPU).contiguous();  // the one read
+    const auto counts = host.accessor<double, 2>();
+    const int64_t c = num_classes_;
+    std::vector<double> true_counts(c, 0.0);
+    std::vector<double> predicted_counts(c, 0.0);
+    double correct = 0.0;
+    double total = 0.0;
+    for (int64_t i = 0; i < c; ++i) {
+      for (int64_t j = 0; j < c; ++j) {
+        true_counts[i] += counts[i][j];
+        predicted_counts[j] += counts[i][j];
+        total += counts[i][j];
+      }
+      correct += counts[i][i];
+    }
+    if (total != static_cast<double>(total_)) {
+      throw Error(fmt::format("{}: {} of {} targets lie outside the classes 0..{}", name(),
+                              static_cast<double>(total_) - total, total_, c - 1));
+    }
+    // scikit-learn's matthews_corrcoef, the multiclass R_K statistic.
+    double true_dot_predicted = 0.0;
+    double true_squared = 0.0;
+    double predicted_squared = 0.0;
+    for (int64_t k = 0; k < c; ++k) {
+      true_dot_predicted += true_counts[k] * predicted_counts[k];
+      true_squared += true_counts[k] * true_counts[k];
+      predicted_squared += predicted_counts[k] * predicted_counts[k];
+    }
+    const double cov_ytyp = correct * total - true_dot_predicted;
+    const double cov_ypyp = total * total - predicted_squared;
+    const double cov_ytyt = total * total - true_squared;
+    const double denominator = cov_ytyt * cov_ypyp;
+    if (denominator == 0.0) return 0.0;  // one class only: undefined, reported 0
+    return cov_ytyp / std::sqrt(denominator);
+  }
+
+  std::shared_ptr<Metric> clone() const override { return std::make_shared<MatthewsCorrelation>(); }
+
+ private:
+  torch::Tensor confusion_;  // [C, C] double, rows true class, columns predicted
+  int64_t num_classes_ = 0;
+  int64_t total_ = 0;
+};
+
+}  // namespace
+
+namespace metrics {
+
+std::shared_ptr<Metric> loss() { return std::make_shared<MeanLoss>("loss", false); }
+
+std::shared_ptr<Metric> accuracy() { return std::make_shared<Accuracy>(); }
+
+std::shared_ptr<Metric> top_k_accuracy(int64_t k) {
+  if (k < 1) throw Error(fmt::format("top_k_accuracy: k = {}, expected k >= 1", k));
+  return std::make_shared<TopKAccuracy>(k);
+}
+
+std::shared_ptr<Metric> matthews_correlation() { return std::make_shared<MatthewsCorrelation>(); }
+
+std::shared_ptr<Metric> perplexity() { return std::make_shared<MeanLoss>("perplexity", true); }
+
+}  // namespace metrics
+}  // namespace trainloop
