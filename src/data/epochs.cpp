@@ -1,0 +1,179 @@
+#include "trainloop/data/epochs.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "trainloop/error.h"
+
+namespace trainloop::data {
+namespace {
+
+// The shuffle is written out by hand rather than taken from std::shuffle,
+// std::uniform_int_distribution or torch::randperm: their output differs
+// between standard libraries and LibTorch versions, and a run resumed from a
+// checkpoint must see exactly the batches it would have seen without stopping.
+// splitmix64 and xoshiro256** are fully specified, so the order is the same
+// everywhere (https://prng.di.unimi.it/).
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+class Xoshiro256StarStar {
+ public:
+  // Seeded through splitmix64, as the authors recommend, so that nearby seeds
+  // and epochs give unrelated streams.
+  Xoshiro256StarStar(uint64_t seed, uint64_t epoch) {
+    uint64_t mixer = seed;
+    uint64_t state = splitmix64(mixer) ^ epoch;
+    for (uint64_t& word : s_) word = splitmix64(state);
+  }
+
+  uint64_t next() {
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
+
+  // A uniform draw from [0, range) by Lemire's multiply-and-reject method;
+  // a plain modulo would favour small values.
+  uint64_t below(uint64_t range) {
+    uint64_t low = 0;
+    uint64_t high = multiply(next(), range, low);
+    if (low < range) {
+      const uint64_t threshold = (0 - range) % range;
+      while (low < threshold) high = multiply(next(), range, low);
+    }
+    return high;
+  }
+
+ private:
+  // 64x64 -> 128-bit product from 32-bit halves: unsigned __int128 is not
+  // available on every compiler we promise to build with.
+  static uint64_t multiply(uint64_t a, uint64_t b, uint64_t& low) {
+    const uint64_t a_lo = a & 0xffffffffULL, a_hi = a >> 32;
+    const uint64_t b_lo = b & 0xffffffffULL, b_hi = b >> 32;
+    const uint64_t lo_lo = a_lo * b_lo;
+    const uint64_t hi_lo = a_hi * b_lo;
+    const uint64_t lo_hi = a_lo * b_hi;
+    const uint64_t hi_hi = a_hi * b_hi;
+    const uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xffffffffULL) + lo_hi;
+    low = (cross << 32) | (lo_lo & 0xffffffffULL);
+    return hi_hi + (hi_lo >> 32) + (cross >> 32);
+  }
+
+  uint64_t s_[4];
+};
+
+// Validates before the members are built, so Batches can name itself.
+TensorDataset checked(TensorDataset dataset, int64_t batch_size, const char* who) {
+  if (batch_size <= 0) {
+    throw Error(fmt::format("{}: batch size {}, expected a positive number", who, batch_size));
+  }
+  if (dataset.size() == 0) {
+    throw Error(fmt::format("{}: the dataset holds no examples, expected at least one", who));
+  }
+  return dataset;
+}
+
+}  // namespace
+
+torch::Tensor epoch_permutation(int64_t size, uint64_t seed, int64_t epoch) {
+  if (size < 0) {
+    throw Error(fmt::format("epoch_permutation: size {}, expected 0 or more", size));
+  }
+  torch::Tensor order = torch::arange(size, torch::kLong);
+  int64_t* p = order.data_ptr<int64_t>();
+  Xoshiro256StarStar generator(seed, static_cast<uint64_t>(epoch));
+  // Fisher-Yates from the top down.
+  for (int64_t i = size - 1; i > 0; --i) {
+    const auto j = static_cast<int64_t>(generator.below(static_cast<uint64_t>(i) + 1));
+    std::swap(p[i], p[j]);
+  }
+  return order;
+}
+
+Epochs::Epochs(TensorDataset dataset, int64_t batch_size)
+    : dataset_(checked(std::move(dataset), batch_size, "Epochs")), batch_size_(batch_size) {}
+
+// Changing the order's settings forgets the drawn order, so a stale one can
+// never be served; the next start_epoch() draws it afresh.
+Epochs& Epochs::shuffle(bool on) {
+  shuffle_ = on;
+  order_ = torch::Tensor();
+  return *this;
+}
+
+Epochs& Epochs::drop_last(bool on) {
+  drop_last_ = on;
+  return *this;
+}
+
+Epochs& Epochs::seed(uint64_t seed) {
+  seed_ = seed;
+  order_ = torch::Tensor();
+  return *this;
+}
+
+void Epochs::start_epoch(int64_t epoch) {
+  if (epoch < 0) {
+    throw Error(fmt::format("Epochs: start_epoch({}), expected an epoch of 0 or more", epoch));
+  }
+  if (!shuffle_) return;
+  // Index where the data lives, so index_select needs no transfer per batch.
+  order_ = epoch_permutation(dataset_.size(), seed_, epoch).to(dataset_.inputs.device());
+}
+
+int64_t Epochs::batch_count() const {
+  const int64_t n = dataset_.size();
+  return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
+}
+
+Batch Epochs::batch(int64_t index) const {
+  const int64_t count = batch_count();
+  if (index < 0 || index >= count) {
+    throw Error(fmt::format("Epochs: batch {} out of range, expected 0 to {} ({} batches)", index,
+                            count - 1, count));
+  }
+  const int64_t start = index * batch_size_;
+  const int64_t length = std::min(batch_size_, dataset_.size() - start);
+  if (!shuffle_) {
+    // Consecutive examples: a view, no copy.
+    return {dataset_.inputs.narrow(0, start, length),
+            dataset_.targets.defined() ? dataset_.targets.narrow(0, start, length)
+                                       : torch::Tensor()};
+  }
+  // A silent fallback to epoch 0 would hide a loop that forgot start_epoch()
+  // and trains on the same order every epoch; say so instead.
+  if (!order_.defined()) {
+    throw Error(fmt::format(
+        "Epochs: batch {} requested before start_epoch(), expected start_epoch(epoch) first",
+        index));
+  }
+  const torch::Tensor rows = order_.narrow(0, start, length);
+  Batch batch{dataset_.inputs.index_select(0, rows), torch::Tensor()};
+  if (dataset_.targets.defined()) {
+    batch.targets = dataset_.targets.index_select(0, rows.to(dataset_.targets.device()));
+  }
+  return batch;
+}
+
+Batches::Batches(TensorDataset dataset, int64_t batch_size)
+    : Epochs(checked(std::move(dataset), batch_size, "Batches"), batch_size) {
+  shuffle(false);
+}
+
+}  // namespace trainloop::data

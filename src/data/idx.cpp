@@ -1,0 +1,303 @@
+#include "trainloop/data/idx.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join
+#include <zlib.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "trainloop/error.h"
+
+namespace trainloop::data {
+namespace {
+
+constexpr uint32_t kImageMagic = 0x00000803;  // uint8, 3 dimensions
+constexpr uint32_t kLabelMagic = 0x00000801;  // uint8, 1 dimension
+constexpr int kMaxDims = 8;
+// Far above any IDX file in use; a header beyond it is taken as corrupt.
+constexpr uint64_t kMaxDataBytes = uint64_t{16} << 30;
+constexpr size_t kChunkBytes = size_t{1} << 20;
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Reads a plain or a gzip file through one interface. Every error names the path.
+class Reader {
+ public:
+  explicit Reader(const std::string& path) : path_(path) {
+    if (!ends_with(path, ".gz")) {
+      file_ = std::fopen(path.c_str(), "rb");
+      if (file_ == nullptr) throw open_error();
+      return;
+    }
+    check_gzip_magic();
+    gz_ = gzopen(path.c_str(), "rb");
+    if (gz_ == nullptr) throw open_error();
+  }
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+  ~Reader() {
+    if (file_ != nullptr) std::fclose(file_);
+    if (gz_ != nullptr) gzclose(gz_);
+  }
+
+  // Reads up to `size` bytes; fewer only at the end of the data.
+  size_t read(void* buffer, size_t size) {
+    auto* out = static_cast<unsigned char*>(buffer);
+    size_t total = 0;
+    while (total < size) {
+      const size_t want = std::min(size - total, kChunkBytes);
+      const size_t got = file_ != nullptr ? read_plain(out + total, want)
+                                          : read_gzip(out + total, want);
+      if (got == 0) break;
+      total += got;
+    }
+    return total;
+  }
+
+ private:
+  Error open_error() const {
+    return Error(fmt::format("{}: cannot open: {}", path_, std::strerror(errno)));
+  }
+
+  // gzopen reads a non-gzip file as plain data without complaint; a file
+  // named .gz that is not gzip is more likely a mistake than intended.
+  void check_gzip_magic() const {
+    std::FILE* file = std::fopen(path_.c_str(), "rb");
+    if (file == nullptr) throw open_error();
+    std::array<unsigned char, 2> magic{};
+    const size_t got = std::fread(magic.data(), 1, magic.size(), file);
+    std::fclose(file);
+    if (got < magic.size()) {
+      throw Error(fmt::format("{}: not a gzip file ({} bytes long, expected the gzip magic 1f 8b)",
+                              path_, got));
+    }
+    if (magic[0] != 0x1f || magic[1] != 0x8b) {
+      throw Error(fmt::format("{}: not a gzip file (starts with {:02x} {:02x}, expected 1f 8b)",
+                              path_, magic[0], magic[1]));
+    }
+  }
+
+  size_t read_plain(unsigned char* out, size_t size) {
+    const size_t got = std::fread(out, 1, size, file_);
+    if (got < size && std::ferror(file_)) {
+      throw Error(fmt::format("{}: read error: {}", path_, std::strerror(errno)));
+    }
+    return got;
+  }
+
+  size_t read_gzip(unsigned char* out, size_t size) {
+    const int got = gzread(gz_, out, static_cast<unsigned>(size));
+    int code = Z_OK;
+    const char* message = gzerror(gz_, &code);
+    // A truncated stream (Z_BUF_ERROR) still returns the bytes it had; the
+    // caller then reports the shortfall, so only the other errors stop here.
+    if (got < 0 || (code != Z_OK && code != Z_BUF_ERROR)) {
+      std::string text = code == Z_ERRNO ? std::strerror(errno) : message;
+      // zlib prefixes its message with the path, which ours already names.
+      const std::string prefix = path_ + ": ";
+      if (text.compare(0, prefix.size(), prefix) == 0) text.erase(0, prefix.size());
+      throw Error(fmt::format("{}: gzip error: {}", path_, text));
+    }
+    return static_cast<size_t>(got);
+  }
+
+  std::string path_;
+  std::FILE* file_ = nullptr;
+  gzFile gz_ = nullptr;
+};
+
+struct Header {
+  uint32_t magic = 0;
+  torch::ScalarType dtype = torch::kUInt8;
+  size_t element_bytes = 1;
+  std::vector<int64_t> sizes;
+  uint64_t data_bytes = 0;
+};
+
+uint32_t big_endian_u32(const unsigned char* bytes) {
+  return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
+         uint32_t{bytes[3]};
+}
+
+Header read_header(Reader& reader, const std::string& path,
+                   std::optional<uint32_t> expected_magic) {
+  std::array<unsigned char, 4> magic_bytes{};
+  const size_t got = reader.read(magic_bytes.data(), magic_bytes.size());
+  if (got < magic_bytes.size()) {
+    throw Error(
+        fmt::format("{}: truncated: expected a 4-byte magic number, found {} bytes", path, got));
+  }
+  Header header;
+  header.magic = big_endian_u32(magic_bytes.data());
+  if (expected_magic && header.magic != *expected_magic) {
+    throw Error(fmt::format("{}: magic 0x{:08x}, expected 0x{:08x}", path, header.magic,
+                            *expected_magic));
+  }
+  if (magic_bytes[0] != 0 || magic_bytes[1] != 0) {
+    throw Error(fmt::format(
+        "{}: magic 0x{:08x}: expected two zero bytes, a type byte and a dimension count", path,
+        header.magic));
+  }
+  switch (magic_bytes[2]) {
+    case 0x08: header.dtype = torch::kUInt8; header.element_bytes = 1; break;
+    case 0x09: header.dtype = torch::kInt8; header.element_bytes = 1; break;
+    case 0x0b: header.dtype = torch::kInt16; header.element_bytes = 2; break;
+    case 0x0c: header.dtype = torch::kInt32; header.element_bytes = 4; break;
+    case 0x0d: header.dtype = torch::kFloat32; header.element_bytes = 4; break;
+    case 0x0e: header.dtype = torch::kFloat64; header.element_bytes = 8; break;
+    default:
+      throw Error(fmt::format(
+          "{}: magic 0x{:08x}: type byte 0x{:02x}, expected one of 0x08, 0x09, 0x0b, 0x0c, "
+          "0x0d, 0x0e",
+          path, header.magic, magic_bytes[2]));
+  }
+  const int dims = magic_bytes[3];
+  if (dims < 1 || dims > kMaxDims) {
+    throw Error(fmt::format("{}: magic 0x{:08x}: {} dimensions, expected 1 to {}", path,
+                            header.magic, dims, kMaxDims));
+  }
+
+  std::array<unsigned char, 4 * kMaxDims> dim_bytes{};
+  const size_t want = 4 * static_cast<size_t>(dims);
+  const size_t found = reader.read(dim_bytes.data(), want);
+  if (found < want) {
+    throw Error(fmt::format("{}: truncated: expected {} bytes of dimensions, found {}", path,
+                            want, found));
+  }
+  bool empty = false;
+  for (int d = 0; d < dims; ++d) {
+    header.sizes.push_back(big_endian_u32(dim_bytes.data() + 4 * d));
+    empty = empty || header.sizes.back() == 0;
+  }
+  if (empty) return header;
+  // Checked one factor at a time, so the product can neither overflow nor
+  // pass the cap unnoticed.
+  const uint64_t max_elements = kMaxDataBytes / header.element_bytes;
+  uint64_t elements = 1;
+  for (const int64_t size : header.sizes) {
+    if (elements > max_elements / static_cast<uint64_t>(size)) {
+      throw Error(fmt::format("{}: dimensions [{}] describe more than {} bytes of data, "
+                              "expected at most {} GiB",
+                              path, fmt::join(header.sizes, ", "), kMaxDataBytes,
+                              kMaxDataBytes >> 30));
+    }
+    elements *= static_cast<uint64_t>(size);
+  }
+  header.data_bytes = elements * header.element_bytes;
+  return header;
+}
+
+// Turns the big-endian elements into host order. Assembling each value from
+// its bytes works whatever the host's byte order is.
+template <class Unsigned>
+void from_big_endian(unsigned char* data, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    unsigned char* bytes = data + i * sizeof(Unsigned);
+    Unsigned value = 0;
+    for (size_t b = 0; b < sizeof(Unsigned); ++b) {
+      value = static_cast<Unsigned>((value << 8) | bytes[b]);
+    }
+    std::memcpy(bytes, &value, sizeof(Unsigned));
+  }
+}
+
+torch::Tensor read_idx_checked(const std::string& path, std::optional<uint32_t> expected_magic) {
+  Reader reader(path);
+  const Header header = read_header(reader, path, expected_magic);
+  if (header.data_bytes == 0) return torch::empty(header.sizes, header.dtype);
+
+  // Grow the buffer only as data arrives: a corrupt header in a tiny file
+  // must fail on the missing data, not on a giant allocation.
+  auto buffer = std::make_unique<std::vector<unsigned char>>();
+  const auto total = static_cast<size_t>(header.data_bytes);
+  while (buffer->size() < total) {
+    const size_t chunk = std::min(kChunkBytes, total - buffer->size());
+    if (buffer->size() + chunk > buffer->capacity()) {
+      buffer->reserve(std::min(total, std::max(2 * buffer->capacity(), buffer->size() + chunk)));
+    }
+    const size_t old_size = buffer->size();
+    buffer->resize(old_size + chunk);
+    const size_t got = reader.read(buffer->data() + old_size, chunk);
+    buffer->resize(old_size + got);
+    if (got < chunk) break;
+  }
+  if (buffer->size() < total) {
+    throw Error(fmt::format("{}: truncated: expected {} bytes of data, found {}", path, total,
+                            buffer->size()));
+  }
+  // Data past the described tensor means the header does not describe the
+  // file; for gzip this read also makes zlib verify the trailing checksum.
+  unsigned char extra = 0;
+  if (reader.read(&extra, 1) != 0) {
+    throw Error(fmt::format("{}: more data than the {} bytes its dimensions describe", path,
+                            total));
+  }
+
+  const size_t count = total / header.element_bytes;
+  switch (header.element_bytes) {
+    case 2: from_big_endian<uint16_t>(buffer->data(), count); break;
+    case 4: from_big_endian<uint32_t>(buffer->data(), count); break;
+    case 8: from_big_endian<uint64_t>(buffer->data(), count); break;
+    default: break;
+  }
+  // The tensor takes over the buffer instead of copying it, so the peak
+  // memory is the data's size once.
+  void* data = buffer->data();
+  auto* owner = buffer.release();
+  return torch::from_blob(
+      data, header.sizes, [owner](void*) { delete owner; },
+      torch::TensorOptions().dtype(header.dtype));
+}
+
+// Prefers the compressed file, as distributed, then the unpacked one.
+std::string find_file(const std::string& directory, const std::string& name) {
+  namespace fs = std::filesystem;
+  std::error_code ignored;
+  const fs::path base = fs::path(directory) / name;
+  const fs::path gz = fs::path(directory) / (name + ".gz");
+  if (fs::exists(gz, ignored)) return gz.string();
+  if (fs::exists(base, ignored)) return base.string();
+  throw Error(fmt::format("{}: neither {} nor {}.gz found", directory, name, name));
+}
+
+}  // namespace
+
+torch::Tensor read_idx(const std::string& path) { return read_idx_checked(path, std::nullopt); }
+
+TensorDataset read_idx_dataset(const std::string& images_path, const std::string& labels_path) {
+  const torch::Tensor images = read_idx_checked(images_path, kImageMagic);
+  const torch::Tensor labels = read_idx_checked(labels_path, kLabelMagic);
+  if (images.size(0) != labels.size(0)) {
+    throw Error(fmt::format("{} holds {} images, but {} holds {} labels", images_path,
+                            images.size(0), labels_path, labels.size(0)));
+  }
+  return TensorDataset(images.to(torch::kFloat32).div_(255).unsqueeze(1),
+                       labels.to(torch::kInt64));
+}
+
+std::pair<TensorDataset, TensorDataset> fashion_mnist(const std::string& directory) {
+  // Find all four before reading any, so a missing test file does not cost
+  // reading the training set first.
+  const std::string train_images = find_file(directory, "train-images-idx3-ubyte");
+  const std::string train_labels = find_file(directory, "train-labels-idx1-ubyte");
+  const std::string test_images = find_file(directory, "t10k-images-idx3-ubyte");
+  const std::string test_labels = find_file(directory, "t10k-labels-idx1-ubyte");
+  TensorDataset train = read_idx_dataset(train_images, train_labels);
+  TensorDataset test = read_idx_dataset(test_images, test_labels);
+  return {std::move(train), std::move(test)};
+}
+
+}  // namespace trainloop::data
