@@ -70,6 +70,12 @@ class TrainingLoop {
   Model& model();
   torch::optim::Optimizer& optimizer() { return optimizer_; }
   const std::vector<std::shared_ptr<Callback>>& callbacks() const { return callbacks_; }
+  /// The training data given to the constructor.
+  const data::DataSource& training_data() const { return training_; }
+  /// The validation data given to the constructor (may be empty).
+  const data::DataSource& validation_data() const { return validation_; }
+  /// The loss function given to the constructor.
+  const LossFunction& loss_function() const { return loss_; }
 
   /// Replaces the step (see `Step`).
   TrainingLoop& step(Step step);
