@@ -78,6 +78,14 @@ TrainingLoop& TrainingLoop::step(Step step) {
   return *this;
 }
 
+TrainingLoop& TrainingLoop::accumulate_gradients(int64_t batches) {
+  if (batches < 1) {
+    throw Error(fmt::format("TrainingLoop::accumulate_gradients: {} batches, expected >= 1", batches));
+  }
+  accumulation_ = batches;
+  return *this;
+}
+
 TrainingLoop& TrainingLoop::add_callback(std::shared_ptr<Callback> callback) {
   if (!callback) throw Error("TrainingLoop::add_callback: the callback is null");
   callbacks_.push_back(std::move(callback));
@@ -194,8 +202,15 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
                               "training needs targets and a loss",
                               state_.epoch, state_.batch));
     }
-    optimizer_.zero_grad();
-    state_.loss.backward();
+    const int64_t group_start = state_.batch - state_.batch % accumulation_;
+    const int64_t group_size = std::min(accumulation_, state_.batch_count - group_start);
+    if (state_.batch == group_start) optimizer_.zero_grad();
+    if (group_size == 1) {
+      state_.loss.backward();
+    } else {
+      (state_.loss / static_cast<double>(group_size)).backward();
+      if (state_.batch + 1 < group_start + group_size) return;
+    }
     emit(Event::update_start);
     optimizer_.step();
     ++state_.global_step;

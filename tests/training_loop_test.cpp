@@ -289,6 +289,46 @@ TEST(OptimizersTest, EveryTorchOptimizerTrains) {
   EXPECT_GT((loss_drop<torch::optim::Adagrad>(torch::optim::AdagradOptions(0.5))), 0.2);
 }
 
+// 4 accumulated batches of 8 make the same update as one batch of 32.
+TEST(AccumulationTest, FourBatchesOfEightEqualOneBatchOfThirtyTwo) {
+  torch::manual_seed(0);
+  const data::TensorDataset dataset(torch::randn({32, 4}), torch::randint(0, 3, {32}));
+  auto train = [&](int64_t batch_size, int64_t accumulation) {
+    torch::manual_seed(1);
+    torch::nn::Linear model(4, 3);
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.5).momentum(0.9));
+    int64_t updates = 0;
+    TrainingLoop loop(data::Batches(dataset, batch_size), nullptr, optimizer, losses::cross_entropy, {},
+                      {callbacks::lambda([&](Event event, TrainingLoop&) {
+                        if (event == Event::update_start) ++updates;
+                      })});
+    loop.accumulate_gradients(accumulation);
+    loop.fit(model, 3);
+    EXPECT_EQ(loop.state().global_step, 3);
+    EXPECT_EQ(updates, 3);
+    return std::make_pair(model->weight.detach().clone(), model->bias.detach().clone());
+  };
+  const auto [big_weight, big_bias] = train(32, 1);
+  const auto [accumulated_weight, accumulated_bias] = train(8, 4);
+  EXPECT_TRUE(torch::allclose(big_weight, accumulated_weight, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(big_bias, accumulated_bias, 1e-6, 1e-6));
+  // Without accumulation the same batches make 12 different updates.
+  const auto [plain_weight, plain_bias] = [&] {
+    torch::manual_seed(1);
+    torch::nn::Linear model(4, 3);
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.5).momentum(0.9));
+    TrainingLoop loop(data::Batches(dataset, 8), nullptr, optimizer, losses::cross_entropy);
+    loop.fit(model, 3);
+    return std::make_pair(model->weight.detach().clone(), model->bias.detach().clone());
+  }();
+  EXPECT_FALSE(torch::allclose(big_weight, plain_weight, 1e-4, 1e-4));
+  torch::nn::Linear model(4, 3);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+  TrainingLoop loop(data::Batches(dataset, 8), nullptr, optimizer, losses::cross_entropy);
+  EXPECT_THAT([&] { loop.accumulate_gradients(0); },
+              testing::ThrowsMessage<Error>(HasSubstr("0 batches, expected >= 1")));
+}
+
 TEST(EventTest, NamesMatchTheEnumerators) {
   EXPECT_STREQ(to_string(Event::inference_prediction_end), "inference_prediction_end");
   EXPECT_STREQ(to_string(Event::fit_start), "fit_start");

@@ -79,6 +79,13 @@ class TrainingLoop {
 
   /// Replaces the step (see `Step`).
   TrainingLoop& step(Step step);
+  /// Accumulates gradients over `batches` training batches and updates once
+  /// per group (default 1: every batch). Each batch's loss is divided by the
+  /// group's batch count before backward, so for a mean-reduced loss and
+  /// equal batch sizes one update equals that of a batch `batches` times
+  /// larger. update_start runs only before an update; global_step counts
+  /// updates. The last group of an epoch may be shorter.
+  TrainingLoop& accumulate_gradients(int64_t batches);
   /// Appends a callback after those given to the constructor.
   TrainingLoop& add_callback(std::shared_ptr<Callback> callback);
 
@@ -100,6 +107,7 @@ class TrainingLoop {
   LossFunction loss_;
   std::vector<std::shared_ptr<Callback>> callbacks_;
   Step step_;
+  int64_t accumulation_ = 1;
   LoopState state_;
   std::optional<Model> model_;
   std::vector<torch::Tensor> predictions_;
