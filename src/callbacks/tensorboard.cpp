@@ -1,0 +1,160 @@
+#include "trainloop/callbacks/tensorboard.h"
+
+#include <fmt/format.h>
+
+#include <ctime>
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "trainloop/error.h"
+#include "trainloop/tensorboard/event_writer.h"
+#include "trainloop/training_loop.h"
+
+namespace trainloop::callbacks {
+
+namespace {
+
+using tensorboard::EventWriter;
+
+// Local time, with '-' instead of ':' so the name is valid on every file system.
+std::string timestamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H-%M-%S", &local);
+  return text;
+}
+
+class TensorBoard : public Callback {
+ public:
+  explicit TensorBoard(TensorBoardOptions options) : options_(std::move(options)) {
+    if (options_.log_dir().empty()) throw Error("tensorboard: log_dir is empty");
+    if (options_.log_every_n_steps() < 1) {
+      throw Error(fmt::format("tensorboard: log_every_n_steps is {}, expected >= 1",
+                              options_.log_every_n_steps()));
+    }
+  }
+
+  std::string state_key() const override { return "tensorboard"; }
+
+  void on_event(Event event, TrainingLoop& loop) override {
+    const LoopState& state = loop.state();
+    switch (event) {
+      case Event::fit_start:
+        start(state);
+        break;
+      case Event::batch_end:
+        if (train_ && state.phase == Phase::training && due(state)) log_training(state);
+        break;
+      case Event::validation_end:
+        // evaluate() also ends with validation_end, but outside a fit: no writer then.
+        if (train_ && state.phase == Phase::validation) log_validation(state);
+        break;
+      case Event::epoch_end:
+        if (!train_) break;
+        if (options_.histograms()) log_histograms(loop);
+        train_->flush();
+        if (validation_) validation_->flush();
+        break;
+      case Event::fit_end:
+        finish();
+        break;
+      default:
+        break;
+    }
+  }
+
+ private:
+  void start(const LoopState& state) {
+    finish();  // a previous fit that never reached fit_end
+    std::string run = options_.run_name();
+    if (run.empty()) {
+      // Two fits started in the same second must not share a run.
+      const std::string base = timestamp();
+      run = base;
+      for (int n = 2; std::filesystem::exists(std::filesystem::path(options_.log_dir()) / run);
+           ++n) {
+        run = fmt::format("{}-{}", base, n);
+      }
+    }
+    run_dir_ = (std::filesystem::path(options_.log_dir()) / run).string();
+    train_ = std::make_unique<EventWriter>((std::filesystem::path(run_dir_) / "train").string());
+    last_logged_step_ = -1;
+    if (options_.config_text())
+      train_->add_text("config", *options_.config_text(), state.global_step);
+  }
+
+  // Every n-th optimizer step, and the epoch's last batch so each epoch's
+  // final value is on the chart. A batch that did not update the weights
+  // (gradient accumulation, a cancelled batch) keeps the step just logged.
+  bool due(const LoopState& state) const {
+    if (state.global_step == last_logged_step_) return false;
+    return (state.global_step > 0 && state.global_step % options_.log_every_n_steps() == 0) ||
+           state.batch + 1 >= state.batch_count;
+  }
+
+  void log_training(const LoopState& state) {
+    last_logged_step_ = state.global_step;
+    for (const auto& metric : state.training_metrics) {
+      train_->add_scalar(metric->name(), metric->compute(), state.global_step);
+    }
+    if (state.optimizer != nullptr && !state.optimizer->param_groups().empty()) {
+      train_->add_scalar("learning_rate", state.learning_rate(), state.global_step);
+    }
+  }
+
+  void log_validation(const LoopState& state) {
+    // Opened at the first validation, so a fit without validation data leaves
+    // no empty run behind.
+    if (!validation_) {
+      validation_ =
+          std::make_unique<EventWriter>((std::filesystem::path(run_dir_) / "validation").string());
+    }
+    for (const auto& metric : state.validation_metrics) {
+      validation_->add_scalar(metric->name(), metric->compute(), state.global_step);
+    }
+  }
+
+  void log_histograms(TrainingLoop& loop) {
+    const int64_t step = loop.state().global_step;
+    for (const auto& [name, parameter] : loop.model().named_parameters()) {
+      train_->add_histogram("parameters/" + name, parameter, step);
+      if (parameter.grad().defined()) {
+        train_->add_histogram("gradients/" + name, parameter.grad(), step);
+      }
+    }
+  }
+
+  // Closes both files even if the first fails, then reports the first error.
+  void finish() {
+    std::exception_ptr first;
+    for (auto* writer : {&train_, &validation_}) {
+      if (!*writer) continue;
+      try {
+        (*writer)->close();
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+      writer->reset();
+    }
+    if (first) std::rethrow_exception(first);
+  }
+
+  TensorBoardOptions options_;
+  std::string run_dir_;
+  std::unique_ptr<EventWriter> train_;
+  std::unique_ptr<EventWriter> validation_;
+  int64_t last_logged_step_ = -1;
+};
+
+}  // namespace
+
+std::shared_ptr<Callback> tensorboard(TensorBoardOptions options) {
+  return std::make_shared<TensorBoard>(std::move(options));
+}
+
+}  // namespace trainloop::callbacks
