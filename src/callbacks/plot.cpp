@@ -1,0 +1,295 @@
+#include "trainloop/callbacks/plot.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../svg/line_chart.h"
+#include "trainloop/error.h"
+#include "trainloop/training_loop.h"
+
+namespace trainloop::callbacks {
+
+namespace {
+
+constexpr const char* kValidationPrefix = "val_";
+
+// "accuracy" for "val_accuracy".
+std::string base_name(const std::string& name) {
+  return name.rfind(kValidationPrefix, 0) == 0 ? name.substr(std::strlen(kValidationPrefix))
+                                               : name;
+}
+
+// Per-epoch values of every metric, by base name ("loss" for both "loss" and
+// "val_loss"), in the order the metrics were first seen.
+struct History {
+  std::vector<std::string> metrics;
+  std::map<std::string, std::map<int64_t, double>> training;
+  std::map<std::string, std::map<int64_t, double>> validation;
+
+  void add_metric(const std::string& name) {
+    if (std::find(metrics.begin(), metrics.end(), name) == metrics.end()) metrics.push_back(name);
+  }
+  // `name` as logged: "val_accuracy" is the validation value of "accuracy".
+  void record(const std::string& name, bool validation_phase, int64_t epoch, double value) {
+    const bool prefixed = name.rfind(kValidationPrefix, 0) == 0;
+    const std::string base = base_name(name);
+    add_metric(base);
+    (prefixed || validation_phase ? validation : training)[base][epoch] = value;
+  }
+};
+
+bool any_finite(const std::map<int64_t, double>& values) {
+  return std::any_of(values.begin(), values.end(),
+                     [](const auto& entry) { return std::isfinite(entry.second); });
+}
+
+svg::Series series(const std::string& name, const std::map<int64_t, double>& values,
+                   bool dashed, size_t color) {
+  svg::Series s;
+  s.name = name;
+  s.dashed = dashed;
+  s.color = color;
+  for (const auto& [epoch, value] : values) {
+    s.x.push_back(static_cast<double>(epoch));
+    s.y.push_back(value);
+  }
+  return s;
+}
+
+void write_chart(const History& history, const PlotOptions& options) {
+  svg::Chart chart;
+  chart.title = options.title();
+  chart.columns = static_cast<size_t>(std::max<int64_t>(0, options.columns()));
+  chart.panel_width = options.panel_width();
+  chart.panel_height = options.panel_height();
+  for (const auto& name : history.metrics) {
+    svg::Panel panel;
+    panel.title = name;
+    panel.x_label = "epoch";
+    panel.integer_x = true;
+    const auto training = history.training.find(name);
+    const auto validation = history.validation.find(name);
+    // Training keeps its (colour, dash) even when a panel has only
+    // validation values, so every panel reads the same way.
+    if (training != history.training.end() || validation == history.validation.end()) {
+      panel.series.push_back(series("training", training != history.training.end()
+                                                    ? training->second
+                                                    : std::map<int64_t, double>{},
+                                    false, 0));
+    }
+    // A fit without validation data still reports val_ metrics (as NaN):
+    // leave out a line that would never be drawn.
+    if (validation != history.validation.end() && any_finite(validation->second)) {
+      panel.series.push_back(series("validation", validation->second, true, 1));
+    }
+    chart.panels.push_back(std::move(panel));
+  }
+  svg::write_atomically(options.path(), svg::render(chart));
+}
+
+class Plot : public Callback {
+ public:
+  explicit Plot(PlotOptions options) : options_(std::move(options)) {
+    if (options_.path().empty()) throw Error("callbacks::plot: the SVG path is empty");
+    if (options_.panel_width() < 200 || options_.panel_height() < 150) {
+      throw Error(fmt::format("callbacks::plot: panel size {}x{}, expected at least 200x150",
+                              options_.panel_width(), options_.panel_height()));
+    }
+  }
+
+  void on_event(Event event, TrainingLoop& loop) override {
+    const LoopState& state = loop.state();
+    if (event == Event::fit_start) {
+      history_ = History{};
+      for (const auto& name : state.metric_names()) history_.add_metric(base_name(name));
+      // Written now, so a bad path fails before any training time is spent.
+      write_chart(history_, options_);
+    } else if (event == Event::epoch_end) {
+      for (const auto& name : state.metric_names()) {
+        history_.record(name, false, state.epoch + 1, state.metric(name));
+      }
+      write_chart(history_, options_);
+    }
+  }
+
+  std::string state_key() const override { return "plot"; }
+
+ private:
+  PlotOptions options_;
+  History history_;
+};
+
+// --- CSV log ---------------------------------------------------------------
+
+struct Cell {
+  std::string text;
+  size_t line;  // 1-based line where the cell starts
+};
+
+// An RFC 4180 reader: cells separated by commas, records by LF or CRLF,
+// quoted cells may hold commas, line breaks and doubled quotes.
+class CsvReader {
+ public:
+  CsvReader(std::string path, std::string text) : path_(std::move(path)), text_(std::move(text)) {}
+
+  // The next record, or false at the end of the text.
+  bool next(std::vector<Cell>& record, size_t& line) {
+    record.clear();
+    if (at_ >= text_.size()) return false;
+    line = line_;
+    for (;;) {
+      Cell cell{std::string(), line_};
+      if (at_ < text_.size() && text_[at_] == '"') {
+        const size_t column = record.size() + 1;
+        ++at_;
+        for (;;) {
+          if (at_ >= text_.size()) {
+            throw Error(fmt::format("{}:{}:{}: quoted cell is never closed", path_, cell.line,
+                                    column));
+          }
+          const char c = text_[at_++];
+          if (c == '"') {
+            if (at_ < text_.size() && text_[at_] == '"') {
+              cell.text += '"';
+              ++at_;
+            } else {
+              break;
+            }
+          } else {
+            if (c == '\n') ++line_;
+            cell.text += c;
+          }
+        }
+        if (at_ < text_.size() && !is_end(text_[at_])) {
+          throw Error(fmt::format("{}:{}:{}: text after the closing quote", path_, line_, column));
+        }
+      } else {
+        while (at_ < text_.size() && !is_end(text_[at_])) {
+          if (text_[at_] == '"') {
+            throw Error(fmt::format("{}:{}:{}: quote inside an unquoted cell", path_, line_,
+                                    record.size() + 1));
+          }
+          cell.text += text_[at_++];
+        }
+      }
+      record.push_back(std::move(cell));
+      if (at_ >= text_.size()) return true;
+      const char c = text_[at_++];
+      if (c == ',') continue;
+      if (c == '\r' && at_ < text_.size() && text_[at_] == '\n') ++at_;
+      ++line_;
+      return true;
+    }
+  }
+
+ private:
+  static bool is_end(char c) { return c == ',' || c == '\n' || c == '\r'; }
+
+  std::string path_;
+  std::string text_;
+  size_t at_ = 0;
+  size_t line_ = 1;
+};
+
+double parse_number(const std::string& text, bool& ok) {
+  // from_chars is locale-independent and reads "nan", "inf" and "-inf" as
+  // the logger writes them; it refuses a leading '+', which we allow.
+  const char* first = text.data();
+  const char* last = text.data() + text.size();
+  if (first != last && *first == '+') ++first;
+  double value = 0;
+  const auto [end, error] = std::from_chars(first, last, value);
+  ok = error == std::errc() && end == last && first != last;
+  return value;
+}
+
+History read_csv_log(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  CsvReader reader(path, buffer.str());
+
+  constexpr const char* kExpected = "expected a header starting epoch,batch,phase,step,lr";
+  std::vector<Cell> header;
+  size_t line = 0;
+  if (!reader.next(header, line)) throw Error(fmt::format("{}: empty file, {}", path, kExpected));
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < header.size(); ++i) index.emplace(header[i].text, i);
+  for (const char* required : {"epoch", "phase"}) {
+    if (index.count(required) == 0) {
+      throw Error(fmt::format("{}:1: no column \"{}\", {}", path, required, kExpected));
+    }
+  }
+  const size_t epoch_column = index["epoch"];
+  const size_t phase_column = index["phase"];
+  std::vector<size_t> metric_columns;
+  History history;
+  for (size_t i = 0; i < header.size(); ++i) {
+    const std::string& name = header[i].text;
+    if (name == "epoch" || name == "batch" || name == "phase" || name == "step" || name == "lr") {
+      continue;
+    }
+    if (name.empty()) throw Error(fmt::format("{}:1:{}: empty column name", path, i + 1));
+    metric_columns.push_back(i);
+    history.add_metric(base_name(name));
+  }
+
+  std::vector<Cell> row;
+  while (reader.next(row, line)) {
+    if (row.size() == 1 && row[0].text.empty()) continue;  // blank line
+    if (row.size() != header.size()) {
+      throw Error(fmt::format("{}:{}: {} cells, expected {} as in the header", path, line,
+                              row.size(), header.size()));
+    }
+    const Cell& epoch_cell = row[epoch_column];
+    bool ok = false;
+    const double epoch = parse_number(epoch_cell.text, ok);
+    if (!ok || !(epoch >= 1) || epoch != std::floor(epoch) || epoch > 1e15) {
+      throw Error(fmt::format("{}:{}:{}: epoch \"{}\", expected a whole number >= 1", path,
+                              epoch_cell.line, epoch_column + 1, epoch_cell.text));
+    }
+    const Cell& phase_cell = row[phase_column];
+    if (phase_cell.text != "train" && phase_cell.text != "validation") {
+      throw Error(fmt::format("{}:{}:{}: phase \"{}\", expected train or validation", path,
+                              phase_cell.line, phase_column + 1, phase_cell.text));
+    }
+    const bool validation = phase_cell.text == "validation";
+    for (size_t column : metric_columns) {
+      const Cell& cell = row[column];
+      if (cell.text.empty()) continue;  // not logged in this phase
+      const double value = parse_number(cell.text, ok);
+      if (!ok) {
+        throw Error(fmt::format("{}:{}:{}: \"{}\" in column \"{}\" is not a number", path,
+                                cell.line, column + 1, cell.text, header[column].text));
+      }
+      // Later rows overwrite earlier ones: the last row of an (epoch, phase)
+      // holds the epoch's value.
+      history.record(header[column].text, validation, static_cast<int64_t>(epoch), value);
+    }
+  }
+  return history;
+}
+
+}  // namespace
+
+std::shared_ptr<Callback> plot(PlotOptions options) {
+  return std::make_shared<Plot>(std::move(options));
+}
+
+void plot_csv_log(const std::string& csv_path, const PlotOptions& options) {
+  write_chart(read_csv_log(csv_path), options);
+}
+
+}  // namespace trainloop::callbacks
