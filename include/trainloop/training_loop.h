@@ -86,6 +86,8 @@ class TrainingLoop {
   /// larger. update_start runs only before an update; global_step counts
   /// updates. The last group of an epoch may be shorter.
   TrainingLoop& accumulate_gradients(int64_t batches);
+  /// Training batches per optimizer update (see `accumulate_gradients`).
+  int64_t gradient_accumulation() const { return accumulation_; }
   /// Appends a callback after those given to the constructor.
   TrainingLoop& add_callback(std::shared_ptr<Callback> callback);
 
