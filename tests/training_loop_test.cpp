@@ -142,6 +142,17 @@ TEST_F(LoopFixture, CancelFitEndsCleanlyAndFitEndRuns) {
   EXPECT_EQ(loop.state().global_step, 3);  // the cancel came before the optimizer step
 }
 
+TEST_F(LoopFixture, EveryCallbackSeesTheEventThatCancels) {
+  // The canceller comes first; the recorder after it still sees epoch_end 0.
+  auto canceller = cancel_at<CancelFit>(Event::epoch_end, 0, 3);
+  TrainingLoop loop(data::Epochs(train, 2).seed(3), nullptr, optimizer, losses::cross_entropy, {},
+                    {canceller, recorder});
+  EXPECT_EQ(loop.fit(model, 3), FitStatus::cancelled);
+  ASSERT_GE(recorder->trace.size(), 2u);
+  EXPECT_EQ(recorder->trace[recorder->trace.size() - 2], "epoch_end 0 3");
+  EXPECT_EQ(recorder->trace.back(), "fit_end 0 3");
+}
+
 TEST_F(LoopFixture, StopRequestEndsTheFitAfterTheCurrentBatch) {
   auto stop = callbacks::lambda([](Event event, TrainingLoop& loop) {
     if (event == Event::batch_start && loop.state().global_step == 4) {

@@ -15,7 +15,9 @@ namespace trainloop {
 
 class TrainingLoop;
 
-/// Common base of the three cancel requests; the loop catches each at its level.
+/// Common base of the three cancel requests; the loop catches each at its
+/// level. A cancel takes effect once every callback has seen the event it was
+/// thrown at (the widest of several wins).
 struct Cancel {
   virtual ~Cancel() = default;
 };
