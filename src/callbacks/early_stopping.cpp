@@ -1,0 +1,175 @@
+#include "trainloop/callbacks/early_stopping.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainloop/error.h"
+#include "trainloop/training_loop.h"
+
+namespace trainloop::callbacks {
+
+namespace {
+
+constexpr const char* kKey = "early_stopping";
+
+class EarlyStopping : public Callback {
+ public:
+  explicit EarlyStopping(EarlyStoppingOptions options) : options_(std::move(options)) {
+    if (options_.monitor().empty()) throw Error("early_stopping: monitor is empty");
+    if (options_.patience() < 0) {
+      throw Error(fmt::format("early_stopping: patience is {}, expected >= 0", options_.patience()));
+    }
+    if (!(options_.min_delta() >= 0)) {
+      throw Error(fmt::format("early_stopping: min_delta is {}, expected >= 0",
+                              options_.min_delta()));
+    }
+    reset();
+  }
+
+  std::string state_key() const override { return kKey; }
+
+  void on_event(Event event, TrainingLoop& loop) override {
+    switch (event) {
+      case Event::fit_start:
+        check_monitor(loop.state());
+        break;
+      case Event::epoch_end:
+        on_epoch_end(loop);
+        break;
+      case Event::fit_end:
+        // Also after an error or a cancel: the best epoch's weights are the
+        // most useful thing left in the model then.
+        restore(loop);
+        reset();
+        break;
+      default:
+        break;
+    }
+  }
+
+  void save(torch::serialize::OutputArchive& archive) const override {
+    archive.write("best", torch::tensor(best_));
+    archive.write("wait", torch::tensor(wait_));
+    archive.write("best_epoch", torch::tensor(best_epoch_));
+    archive.write("best_weight_count", torch::tensor(static_cast<int64_t>(best_weights_.size())));
+    for (size_t i = 0; i < best_weights_.size(); ++i) {
+      archive.write(fmt::format("best_weight_{}", i), best_weights_[i], /*is_buffer=*/true);
+    }
+  }
+
+  void load(torch::serialize::InputArchive& archive) override {
+    best_ = read_scalar(archive, "best").item<double>();
+    wait_ = read_scalar(archive, "wait").item<int64_t>();
+    best_epoch_ = read_scalar(archive, "best_epoch").item<int64_t>();
+    const auto count = read_scalar(archive, "best_weight_count").item<int64_t>();
+    best_weights_.clear();
+    for (int64_t i = 0; i < count; ++i) {
+      torch::Tensor weight;
+      archive.read(fmt::format("best_weight_{}", i), weight, /*is_buffer=*/true);
+      best_weights_.push_back(weight);
+    }
+  }
+
+ private:
+  static torch::Tensor read_scalar(torch::serialize::InputArchive& archive, const char* key) {
+    torch::Tensor value;
+    if (!archive.try_read(key, value) || value.numel() != 1) {
+      throw Error(fmt::format("{}: state has no scalar \"{}\"", kKey, key));
+    }
+    return value;
+  }
+
+  void reset() {
+    best_ = options_.mode() == Mode::min ? std::numeric_limits<double>::infinity()
+                                         : -std::numeric_limits<double>::infinity();
+    wait_ = 0;
+    best_epoch_ = -1;
+    best_weights_.clear();
+  }
+
+  // Fails before the first epoch rather than after it: a typo in the monitor
+  // would otherwise cost a whole epoch of training.
+  void check_monitor(const LoopState& state) const {
+    const auto names = state.metric_names();
+    if (std::find(names.begin(), names.end(), options_.monitor()) == names.end()) {
+      throw Error(fmt::format("{}: no metric named \"{}\"; known: {}", kKey, options_.monitor(),
+                              fmt::join(names, ", ")));
+    }
+  }
+
+  bool improved(double value) const {
+    return options_.mode() == Mode::min ? value < best_ - options_.min_delta()
+                                        : value > best_ + options_.min_delta();
+  }
+
+  void on_epoch_end(TrainingLoop& loop) {
+    const LoopState& state = loop.state();
+    const double value = state.metric(options_.monitor());
+    if (std::isnan(value)) {
+      throw Error(fmt::format(
+          "{}: monitor \"{}\" is nan at epoch {}; expected a number (was it computed? "
+          "\"val_\" metrics need validation data)",
+          kKey, options_.monitor(), state.epoch + 1));
+    }
+    if (improved(value)) {
+      best_ = value;
+      best_epoch_ = state.epoch;
+      wait_ = 0;
+      if (options_.restore_best()) snapshot(loop.model());
+      return;
+    }
+    if (++wait_ >= options_.patience()) throw CancelFit();
+  }
+
+  static std::vector<torch::Tensor> weights_of(const Model& model) {
+    std::vector<torch::Tensor> weights;
+    for (const auto& [name, tensor] : model.named_parameters()) weights.push_back(tensor);
+    for (const auto& [name, tensor] : model.named_buffers()) weights.push_back(tensor);
+    return weights;
+  }
+
+  // Copies stay on the model's device: a copy to the host would wait for it.
+  void snapshot(const Model& model) {
+    torch::NoGradGuard no_grad;
+    best_weights_.clear();
+    for (const auto& weight : weights_of(model)) {
+      best_weights_.push_back(weight.defined() ? weight.detach().clone() : weight);
+    }
+  }
+
+  void restore(TrainingLoop& loop) {
+    if (!options_.restore_best() || best_weights_.empty()) return;
+    const auto weights = weights_of(loop.model());
+    if (weights.size() != best_weights_.size()) {
+      throw Error(fmt::format("{}: the model has {} parameters and buffers, the best epoch's "
+                              "copy has {}; expected the same model",
+                              kKey, weights.size(), best_weights_.size()));
+    }
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      if (weights[i].defined() && best_weights_[i].defined()) weights[i].copy_(best_weights_[i]);
+    }
+  }
+
+  EarlyStoppingOptions options_;
+  double best_ = 0;
+  int64_t wait_ = 0;
+  int64_t best_epoch_ = -1;
+  std::vector<torch::Tensor> best_weights_;
+};
+
+}  // namespace
+
+std::shared_ptr<Callback> early_stopping(EarlyStoppingOptions options) {
+  return std::make_shared<EarlyStopping>(std::move(options));
+}
+
+}  // namespace trainloop::callbacks
