@@ -95,21 +95,32 @@ TrainingLoop& TrainingLoop::add_callback(std::shared_ptr<Callback> callback) {
 void TrainingLoop::emit(Event event) {
   // A cancel takes effect once every callback has seen the event, so a
   // logger placed after early stopping still records the last epoch_end.
+  // At fit_end every callback must still close its files, so a failure
+  // there is thrown only after all have run.
   std::exception_ptr cancel;
+  std::exception_ptr failure;
   int cancel_level = 0;
   for (const auto& callback : callbacks_) {
     try {
-      callback->on_event(event, *this);
+      try {
+        callback->on_event(event, *this);
+      } catch (const Cancel&) {
+        throw;
+      } catch (const std::exception& e) {
+        std::throw_with_nested(Error(fmt::format("callback {} failed at {}: {}", callback->state_key(),
+                                                 to_string(event), e.what())));
+      }
     } catch (const Cancel& c) {
       if (level_of(c) > cancel_level) {
         cancel_level = level_of(c);
         cancel = std::current_exception();
       }
-    } catch (const std::exception& e) {
-      std::throw_with_nested(Error(fmt::format("callback {} failed at {}: {}",
-                                               callback->state_key(), to_string(event), e.what())));
+    } catch (const Error&) {
+      if (event != Event::fit_end) throw;
+      if (!failure) failure = std::current_exception();
     }
   }
+  if (failure) std::rethrow_exception(failure);
   if (cancel) std::rethrow_exception(cancel);
 }
 

@@ -177,6 +177,19 @@ TEST_F(LoopFixture, CallbackErrorNamesCallbackAndEventAndFitEndStillRuns) {
   EXPECT_EQ(recorder->trace.back(), "fit_end 0 3");
 }
 
+TEST_F(LoopFixture, AFailureAtFitEndStillLetsLaterCallbacksClose) {
+  auto failing = callbacks::lambda(
+      [](Event event, TrainingLoop&) {
+        if (event == Event::fit_end) throw std::runtime_error("flush failed");
+      },
+      "logger");
+  TrainingLoop loop(data::Epochs(train, 2).seed(3), nullptr, optimizer, losses::cross_entropy, {},
+                    {failing, recorder});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr("callback logger failed at fit_end: flush failed")));
+  EXPECT_EQ(recorder->trace.back(), "fit_end 1 3");
+}
+
 TEST_F(LoopFixture, ErrorKeepsTheOriginalNested) {
   auto failing = callbacks::lambda([](Event event, TrainingLoop&) {
     if (event == Event::fit_start) throw std::out_of_range("inner");
