@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "lenet.h"
@@ -73,13 +75,24 @@ double hand_written(const Workload& w, int64_t epochs, double* final_accuracy) {
   return seconds_since(start);
 }
 
-double with_trainloop(const Workload& w, int64_t epochs, std::FILE* sink, double* final_accuracy) {
+// `log_dir` empty: progress only; otherwise also the CSV log (a row per
+// batch), TensorBoard (every 10 steps) and the SVG plot, written there.
+double with_trainloop(const Workload& w, int64_t epochs, std::FILE* sink, const std::string& log_dir,
+                      double* final_accuracy) {
   torch::manual_seed(0);
   auto [model, module] = w.make_model();
   torch::optim::SGD optimizer(module->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
+  std::vector<std::shared_ptr<tl::Callback>> callbacks{
+      tl::callbacks::progress(tl::callbacks::ProgressOptions().stream(sink))};
+  if (!log_dir.empty()) {
+    callbacks.push_back(tl::callbacks::csv_logger(
+        tl::callbacks::CsvLoggerOptions(log_dir + "/log.csv").append(false)));
+    callbacks.push_back(tl::callbacks::tensorboard(
+        tl::callbacks::TensorBoardOptions().log_dir(log_dir + "/tensorboard")));
+    callbacks.push_back(tl::callbacks::plot(tl::callbacks::PlotOptions(log_dir + "/curves.svg")));
+  }
   tl::TrainingLoop loop(tl::data::Epochs(w.data, w.batch_size).seed(1), nullptr, optimizer,
-                        tl::losses::cross_entropy, {tl::metrics::accuracy()},
-                        {tl::callbacks::progress(tl::callbacks::ProgressOptions().stream(sink))});
+                        tl::losses::cross_entropy, {tl::metrics::accuracy()}, callbacks);
   const auto start = std::chrono::steady_clock::now();
   loop.fit(model, epochs, torch::kCPU);
   *final_accuracy = loop.state().metric("accuracy");
@@ -134,27 +147,36 @@ int main(int argc, char** argv) {
   std::FILE* sink = std::fopen("/dev/null", "w");
   std::printf("threads %d, %d repetitions, %lld examples per epoch, LibTorch %s\n", threads, repeats,
               static_cast<long long>(examples), TORCH_VERSION);
+  const std::string log_dir =
+      (std::filesystem::temp_directory_path() / ("trainloop_bench_" + std::to_string(getpid()))).string();
   for (const auto& w : workloads) {
-    std::vector<double> hand, ours, ratios;
-    double hand_accuracy = 0, our_accuracy = 0;
+    std::vector<double> hand, ours, logged, ratios, logged_ratios;
+    double hand_accuracy = 0, our_accuracy = 0, logged_accuracy = 0;
     hand_written(w, 1, &hand_accuracy);  // warm-up: allocator, thread pool, caches
-    with_trainloop(w, 1, sink, &our_accuracy);
+    with_trainloop(w, 1, sink, "", &our_accuracy);
     for (int r = 0; r < repeats; ++r) {
-      // Alternate which loop goes first so drift in machine load hits both.
-      if (r % 2 == 0) {
-        hand.push_back(hand_written(w, w.epochs, &hand_accuracy));
-        ours.push_back(with_trainloop(w, w.epochs, sink, &our_accuracy));
-      } else {
-        ours.push_back(with_trainloop(w, w.epochs, sink, &our_accuracy));
-        hand.push_back(hand_written(w, w.epochs, &hand_accuracy));
+      // Rotate which loop goes first so drift in machine load hits all three.
+      for (int k = 0; k < 3; ++k) {
+        switch ((r + k) % 3) {
+          case 0: hand.push_back(hand_written(w, w.epochs, &hand_accuracy)); break;
+          case 1: ours.push_back(with_trainloop(w, w.epochs, sink, "", &our_accuracy)); break;
+          default:
+            logged.push_back(with_trainloop(w, w.epochs, sink, log_dir, &logged_accuracy));
+            std::filesystem::remove_all(log_dir);
+        }
       }
       ratios.push_back(ours.back() / hand.back());
+      logged_ratios.push_back(logged.back() / hand.back());
     }
-    std::printf("%-30s %lld epoch(s): hand-written %.3f s, trainloop %.3f s (medians): ratio %.3f "
-                "(median of per-pair ratios %.3f, min %.3f, max %.3f); accuracy %.4f vs %.4f\n",
-                w.name.c_str(), static_cast<long long>(w.epochs), median(hand), median(ours), median(ours) / median(hand),
-                median(ratios), *std::min_element(ratios.begin(), ratios.end()),
-                *std::max_element(ratios.begin(), ratios.end()), hand_accuracy, our_accuracy);
+    std::printf("%-30s %lld epoch(s): hand-written %.3f s | trainloop %.3f s, ratio %.3f "
+                "(per-pair median %.3f, min %.3f, max %.3f) | with CSV+TensorBoard+plot %.3f s, "
+                "ratio %.3f (per-pair median %.3f) | accuracy %.4f %.4f %.4f\n",
+                w.name.c_str(), static_cast<long long>(w.epochs), median(hand), median(ours),
+                median(ours) / median(hand), median(ratios),
+                *std::min_element(ratios.begin(), ratios.end()),
+                *std::max_element(ratios.begin(), ratios.end()), median(logged),
+                median(logged) / median(hand), median(logged_ratios), hand_accuracy, our_accuracy,
+                logged_accuracy);
     std::fflush(stdout);
   }
   std::fclose(sink);

@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "lenet.h"
 
@@ -27,6 +29,8 @@ struct Flags {
   int threads = 0;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   std::string out = "run";
+  std::string schedule = "one-cycle";
+  bool lr_find = false;
 };
 
 // Exit code 2 with one line for anything wrong on the command line.
@@ -57,6 +61,24 @@ void save_atomically(const tl::examples::LeNet& model, const fs::path& path) {
   fs::rename(temporary, path);
 }
 
+// The run's settings, written to TensorBoard as a text summary.
+std::string configuration(const Flags& flags) {
+  return fmt::format("LeNet-5 on Fashion-MNIST: epochs {}, batch size {}, SGD lr {} momentum {}, "
+                     "schedule {}, seed {}, device {}",
+                     flags.epochs, flags.batch_size, flags.lr, flags.momentum, flags.schedule,
+                     flags.seed, flags.device);
+}
+
+// The schedule named by --schedule, with --lr as its peak; none for constant.
+std::optional<tl::Schedule> make_schedule(const Flags& flags, int64_t training_examples) {
+  if (flags.schedule == "one-cycle") return tl::schedules::one_cycle(flags.lr);
+  if (flags.schedule == "warmup-linear") {
+    // One epoch of warm-up, then linear decay to 0.
+    return tl::schedules::warmup_linear(flags.lr, (training_examples + flags.batch_size - 1) / flags.batch_size);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -70,7 +92,12 @@ int main(int argc, char** argv) {
   app.add_option("--device", flags.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")->check(CLI::Range(0, 1024))->capture_default_str();
   app.add_option("--data-dir", flags.data_dir, "directory of the Fashion-MNIST IDX files")->check(CLI::ExistingDirectory)->capture_default_str();
-  app.add_option("--out", flags.out, "directory for the trained model")->capture_default_str();
+  app.add_option("--out", flags.out,
+                 "directory for the model, log.csv, curves.svg and tensorboard/")->capture_default_str();
+  app.add_option("--schedule", flags.schedule, "learning-rate schedule; --lr is its peak")
+      ->check(CLI::IsMember({"constant", "one-cycle", "warmup-linear"}))->capture_default_str();
+  app.add_flag("--lr-find", flags.lr_find,
+               "sweep the learning rate, write lr_find.svg under --out, suggest a rate, and exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -99,10 +126,31 @@ int main(int argc, char** argv) {
     tl::examples::LeNet model;
     torch::optim::SGD optimizer(model->parameters(),
                                 torch::optim::SGDOptions(flags.lr).momentum(flags.momentum));
+    const fs::path out(flags.out);
+    fs::create_directories(out);
+    std::vector<std::shared_ptr<tl::Callback>> callbacks{
+        tl::callbacks::progress(),
+        tl::callbacks::csv_logger((out / "log.csv").string()),
+        tl::callbacks::tensorboard(tl::callbacks::TensorBoardOptions()
+                                       .log_dir((out / "tensorboard" / "stats").string())
+                                       .config_text(configuration(flags))),
+        tl::callbacks::plot(tl::callbacks::PlotOptions((out / "curves.svg").string())
+                                .title("LeNet-5 on Fashion-MNIST"))};
+    if (auto schedule = make_schedule(flags, train.size())) {
+      callbacks.push_back(tl::callbacks::lr_scheduler(*schedule));
+    }
     tl::TrainingLoop loop(tl::data::Epochs(train, flags.batch_size).shuffle(true).seed(flags.seed),
                           tl::data::Batches(test, 1000), optimizer, tl::losses::cross_entropy,
-                          {tl::metrics::accuracy(), tl::metrics::top_k_accuracy(5)},
-                          {tl::callbacks::progress()});
+                          {tl::metrics::accuracy(), tl::metrics::top_k_accuracy(5)}, callbacks);
+    if (flags.lr_find) {
+      const auto found = tl::lr_find(loop, model, tl::LrFinderOptions().device(device).svg_path(
+                                                      (out / "lr_find.svg").string()));
+      std::printf("lr_find: %zu steps%s; suggested rates: steepest %.3g, minimum/10 %.3g; plot in %s\n",
+                  found.rates.size(), found.diverged ? " (stopped when the loss diverged)" : "",
+                  found.suggested_steepest, found.suggested_min_div10,
+                  (out / "lr_find.svg").c_str());
+      return 0;
+    }
     std::printf("Fashion-MNIST: %lld training and %lld test images; LeNet-5 on %s, LibTorch threads: %d\n",
                 static_cast<long long>(train.size()), static_cast<long long>(test.size()),
                 device.str().c_str(), torch::get_num_threads());
@@ -111,11 +159,13 @@ int main(int argc, char** argv) {
     loop.fit(model, flags.epochs, device);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double accuracy = loop.state().metric("val_accuracy");
-    fs::create_directories(flags.out);
-    const fs::path model_path = fs::path(flags.out) / "lenet.pt";
+    const fs::path model_path = out / "lenet.pt";
     save_atomically(model, model_path);
     std::printf("test accuracy %.4f after %lld epochs in %.1f s; model saved to %s\n", accuracy,
                 static_cast<long long>(flags.epochs), seconds, model_path.c_str());
+    std::printf("logs: %s, %s, %s (tensorboard --logdir %s)\n", (out / "log.csv").c_str(),
+                (out / "curves.svg").c_str(), (out / "tensorboard" / "stats").c_str(),
+                (out / "tensorboard" / "stats").c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fashion_mnist_lenet: %s\n", e.what());
