@@ -22,7 +22,7 @@ namespace {
 struct Flags {
   int64_t epochs = 10;
   int64_t batch_size = 64;
-  double lr = 0.01;
+  double lr = 0.05;
   double momentum = 0.9;
   uint64_t seed = 42;
   std::string device = "cpu";
