@@ -3,13 +3,20 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "trainloop/callbacks/csv_logger.h"
+#include "trainloop/callbacks/tensorboard.h"
 #include "trainloop/error.h"
 #include "trainloop/schedule.h"
 #include "trainloop/training_loop.h"
@@ -110,6 +117,67 @@ TEST_F(LrSchedulerTest, WarmupAndDecayThroughTheLoop) {
   }
   EXPECT_EQ(record.rates.front(), 0.0);
   EXPECT_EQ(record.rates[5], peak);
+}
+
+// The same BERT-CoLA curve as the CSV log and TensorBoard record it: the row
+// or value of update k (step k + 1) holds the rate that update used.
+TEST_F(LrSchedulerTest, WarmupAndDecayCurveInTheCsvLogAndTensorBoard) {
+  const std::string tools = std::string(TRAINLOOP_SOURCE_DIR) + "/../shared/tools/tfevents.py";
+  if (!std::filesystem::exists(tools)) GTEST_SKIP() << "no " << tools;
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("trainloop_lr_curve_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(1.0));
+  const double peak = 2e-3;
+  auto loop = make_loop(
+      optimizer,
+      {callbacks::lr_scheduler(Schedule({{shapes::linear, 0.0, peak, 5}, {shapes::linear, {}, 0.0}})),
+       callbacks::csv_logger((dir / "log.csv").string()),
+       callbacks::tensorboard(callbacks::TensorBoardOptions()
+                                  .log_dir((dir / "tb").string())
+                                  .run_name("bert")
+                                  .log_every_n_steps(1))});
+  loop.fit(model, 3);
+  const auto closed_form = [&](int64_t step) {  // step = updates done, 1..12
+    const double k = static_cast<double>(step - 1);
+    return k < 5 ? peak * k / 5 : peak * (12 - k) / 7;
+  };
+
+  std::ifstream csv(dir / "log.csv");
+  std::string line;
+  std::getline(csv, line);
+  ASSERT_EQ(line.rfind("epoch,batch,phase,step,lr,", 0), 0u) << line;
+  int rows = 0;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> fields;
+    std::stringstream row(line);
+    for (std::string field; std::getline(row, field, ',');) fields.push_back(field);
+    if (fields.at(2) != "train") continue;
+    expect_close(std::stod(fields.at(4)), closed_form(std::stoll(fields.at(3))), kClosedForm, line);
+    ++rows;
+  }
+  EXPECT_EQ(rows, 12);
+
+  const std::string command = std::string(TRAINLOOP_PYTHON) + " " + tools + " --strict --tsv " +
+                              (dir / "tb").string();
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[512];
+  int values = 0;
+  while (fgets(buffer, sizeof buffer, pipe) != nullptr) {
+    std::stringstream fields(buffer);
+    std::string run, tag;
+    int64_t step = 0;
+    double wall_time = 0, value = 0;
+    fields >> run >> tag >> step >> wall_time >> value;
+    if (run != "bert/train" || tag != "learning_rate") continue;
+    // TensorBoard stores scalars as float32.
+    EXPECT_EQ(static_cast<float>(value), static_cast<float>(closed_form(step))) << buffer;
+    ++values;
+  }
+  EXPECT_EQ(pclose(pipe), 0) << command;
+  EXPECT_EQ(values, 12);
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(LrSchedulerTest, PerEpochChangesTheRateAtEpochStart) {
