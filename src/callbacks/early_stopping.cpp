@@ -13,6 +13,7 @@
 
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
+#include "monitor.h"
 
 namespace trainloop::callbacks {
 
@@ -39,7 +40,7 @@ class EarlyStopping : public Callback {
   void on_event(Event event, TrainingLoop& loop) override {
     switch (event) {
       case Event::fit_start:
-        check_monitor(loop.state());
+        detail::check_monitor(kKey, loop.state(), options_.monitor());
         break;
       case Event::epoch_end:
         on_epoch_end(loop);
@@ -66,10 +67,10 @@ class EarlyStopping : public Callback {
   }
 
   void load(torch::serialize::InputArchive& archive) override {
-    best_ = read_scalar(archive, "best").item<double>();
-    wait_ = read_scalar(archive, "wait").item<int64_t>();
-    best_epoch_ = read_scalar(archive, "best_epoch").item<int64_t>();
-    const auto count = read_scalar(archive, "best_weight_count").item<int64_t>();
+    best_ = detail::read_scalar(kKey, archive, "best").item<double>();
+    wait_ = detail::read_scalar(kKey, archive, "wait").item<int64_t>();
+    best_epoch_ = detail::read_scalar(kKey, archive, "best_epoch").item<int64_t>();
+    const auto count = detail::read_scalar(kKey, archive, "best_weight_count").item<int64_t>();
     best_weights_.clear();
     for (int64_t i = 0; i < count; ++i) {
       torch::Tensor weight;
@@ -79,31 +80,14 @@ class EarlyStopping : public Callback {
   }
 
  private:
-  static torch::Tensor read_scalar(torch::serialize::InputArchive& archive, const char* key) {
-    torch::Tensor value;
-    if (!archive.try_read(key, value) || value.numel() != 1) {
-      throw Error(fmt::format("{}: state has no scalar \"{}\"", kKey, key));
-    }
-    return value;
-  }
 
   void reset() {
-    best_ = options_.mode() == Mode::min ? std::numeric_limits<double>::infinity()
-                                         : -std::numeric_limits<double>::infinity();
+    best_ = detail::worst_value(options_.mode());
     wait_ = 0;
     best_epoch_ = -1;
     best_weights_.clear();
   }
 
-  // Fails before the first epoch rather than after it: a typo in the monitor
-  // would otherwise cost a whole epoch of training.
-  void check_monitor(const LoopState& state) const {
-    const auto names = state.metric_names();
-    if (std::find(names.begin(), names.end(), options_.monitor()) == names.end()) {
-      throw Error(fmt::format("{}: no metric named \"{}\"; known: {}", kKey, options_.monitor(),
-                              fmt::join(names, ", ")));
-    }
-  }
 
   bool improved(double value) const {
     return options_.mode() == Mode::min ? value < best_ - options_.min_delta()
@@ -112,13 +96,7 @@ class EarlyStopping : public Callback {
 
   void on_epoch_end(TrainingLoop& loop) {
     const LoopState& state = loop.state();
-    const double value = state.metric(options_.monitor());
-    if (std::isnan(value)) {
-      throw Error(fmt::format(
-          "{}: monitor \"{}\" is nan at epoch {}; expected a number (was it computed? "
-          "\"val_\" metrics need validation data)",
-          kKey, options_.monitor(), state.epoch + 1));
-    }
+    const double value = detail::monitored_value(kKey, state, options_.monitor());
     if (improved(value)) {
       best_ = value;
       best_epoch_ = state.epoch;

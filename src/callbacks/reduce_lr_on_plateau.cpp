@@ -1,17 +1,15 @@
 #include "trainloop/callbacks/reduce_lr_on_plateau.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <string>
 #include <utility>
 
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
+#include "monitor.h"
 
 namespace trainloop::callbacks {
 
@@ -41,7 +39,7 @@ class ReduceLrOnPlateau : public Callback {
   void on_event(Event event, TrainingLoop& loop) override {
     switch (event) {
       case Event::fit_start:
-        check_monitor(loop.state());
+        detail::check_monitor(kKey, loop.state(), options_.monitor());
         break;
       case Event::epoch_end:
         step(loop.state());
@@ -61,9 +59,9 @@ class ReduceLrOnPlateau : public Callback {
   }
 
   void load(torch::serialize::InputArchive& archive) override {
-    best_ = read_scalar(archive, "best").item<double>();
-    num_bad_epochs_ = read_scalar(archive, "num_bad_epochs").item<int64_t>();
-    cooldown_counter_ = read_scalar(archive, "cooldown_counter").item<int64_t>();
+    best_ = detail::read_scalar(kKey, archive, "best").item<double>();
+    num_bad_epochs_ = detail::read_scalar(kKey, archive, "num_bad_epochs").item<int64_t>();
+    cooldown_counter_ = detail::read_scalar(kKey, archive, "cooldown_counter").item<int64_t>();
   }
 
  private:
@@ -71,28 +69,13 @@ class ReduceLrOnPlateau : public Callback {
     if (!(value >= 0)) throw Error(fmt::format("{}: {} is {}, expected >= 0", kKey, name, value));
   }
 
-  static torch::Tensor read_scalar(torch::serialize::InputArchive& archive, const char* key) {
-    torch::Tensor value;
-    if (!archive.try_read(key, value) || value.numel() != 1) {
-      throw Error(fmt::format("{}: state has no scalar \"{}\"", kKey, key));
-    }
-    return value;
-  }
 
   void reset() {
-    best_ = options_.mode() == Mode::min ? std::numeric_limits<double>::infinity()
-                                         : -std::numeric_limits<double>::infinity();
+    best_ = detail::worst_value(options_.mode());
     num_bad_epochs_ = 0;
     cooldown_counter_ = 0;
   }
 
-  void check_monitor(const LoopState& state) const {
-    const auto names = state.metric_names();
-    if (std::find(names.begin(), names.end(), options_.monitor()) == names.end()) {
-      throw Error(fmt::format("{}: no metric named \"{}\"; known: {}", kKey, options_.monitor(),
-                              fmt::join(names, ", ")));
-    }
-  }
 
   bool is_better(double value) const {
     const double threshold = options_.threshold();
@@ -104,15 +87,7 @@ class ReduceLrOnPlateau : public Callback {
   }
 
   void step(LoopState& state) {
-    const double value = state.metric(options_.monitor());
-    // PyTorch would count a NaN as a bad epoch; here it almost always means
-    // the metric was never computed, which deserves a message, not a rate cut.
-    if (std::isnan(value)) {
-      throw Error(fmt::format(
-          "{}: monitor \"{}\" is nan at epoch {}; expected a number (was it computed? "
-          "\"val_\" metrics need validation data)",
-          kKey, options_.monitor(), state.epoch + 1));
-    }
+    const double value = detail::monitored_value(kKey, state, options_.monitor());
     if (is_better(value)) {
       best_ = value;
       num_bad_epochs_ = 0;
