@@ -9,6 +9,7 @@
 #include <sstream>
 #include <utility>
 
+#include "io/files.h"
 #include "svg/line_chart.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
@@ -164,7 +165,7 @@ void draw(const LrFinderResult& result, const std::string& path) {
   chart.panels.push_back(std::move(panel));
   chart.panel_width = 620;
   chart.panel_height = 400;
-  svg::write_atomically(path, svg::render(chart));
+  io::write_atomically(path, svg::render(chart));
 }
 
 }  // namespace

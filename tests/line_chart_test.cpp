@@ -1,4 +1,5 @@
 #include "../src/svg/line_chart.h"
+#include "../src/io/files.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -83,7 +84,7 @@ struct LineChartTest : testing::Test {
 
   nlohmann::json write_and_summarize(const Chart& chart) {
     const fs::path path = directory / "chart.svg";
-    write_atomically(path.string(), render(chart));
+    io::write_atomically(path.string(), render(chart));
     // Set TRAINLOOP_KEEP_SVG to look at the picture.
     if (const char* keep = std::getenv("TRAINLOOP_KEEP_SVG")) {
       fs::copy_file(path, fs::path(keep) / (std::string(testing::UnitTest::GetInstance()
@@ -199,7 +200,7 @@ TEST_F(LineChartTest, SkipsNonFinitePointsAndBreaksTheLine) {
   EXPECT_THAT(svg, testing::Not(HasSubstr("nan")));
   EXPECT_THAT(svg, testing::Not(HasSubstr("inf")));
   const fs::path path = directory / "chart.svg";
-  write_atomically(path.string(), svg);
+  io::write_atomically(path.string(), svg);
   const nlohmann::json summary = summarize(path);
   EXPECT_EQ(summary["panels"][0]["series"]["loss"]["points"], 4);
   EXPECT_EQ(summary["panels"][0]["series"]["loss"]["segments"], 3);
@@ -214,27 +215,6 @@ TEST_F(LineChartTest, EmptyPanelsStillRender) {
   const nlohmann::json summary = write_and_summarize(chart);
   EXPECT_EQ(summary["panels"].size(), 5u);
   EXPECT_THAT(render(chart), HasSubstr("no data yet"));
-}
-
-TEST_F(LineChartTest, AtomicWriteReplacesTheFileAndLeavesNoTemporary) {
-  const fs::path path = directory / "plot.svg";
-  write_atomically(path.string(), "first");
-  write_atomically(path.string(), "second");
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  EXPECT_EQ(text.str(), "second");
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(directory)) {
-    names.push_back(entry.path().filename().string());
-  }
-  EXPECT_THAT(names, ElementsAre("plot.svg"));
-}
-
-TEST_F(LineChartTest, AtomicWriteNamesThePathOnFailure) {
-  const std::string path = (directory / "missing" / "plot.svg").string();
-  EXPECT_THAT([&] { write_atomically(path, "x"); },
-              ThrowsMessage<Error>(HasSubstr(path + ": cannot create a temporary file")));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../io/files.h"
 #include "../svg/line_chart.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
@@ -95,7 +96,7 @@ void write_chart(const History& history, const PlotOptions& options) {
     }
     chart.panels.push_back(std::move(panel));
   }
-  svg::write_atomically(options.path(), svg::render(chart));
+  io::write_atomically(options.path(), svg::render(chart));
 }
 
 class Plot : public Callback {
@@ -110,24 +111,24 @@ class Plot : public Callback {
 
   void on_event(Event event, TrainingLoop& loop) override {
     const LoopState& state = loop.state();
-    if (event == Event::fit_start) {
-      history_ = History{};
-      for (const auto& name : state.metric_names()) history_.add_metric(base_name(name));
-      // Written now, so a bad path fails before any training time is spent.
-      write_chart(history_, options_);
-    } else if (event == Event::epoch_end) {
-      for (const auto& name : state.metric_names()) {
-        history_.record(name, false, state.epoch + 1, state.metric(name));
+    if (event != Event::fit_start && event != Event::epoch_end) return;
+    // Drawn from the loop's history, so a resumed fit's chart has every
+    // epoch. Written at fit_start too, so a bad path fails before any
+    // training time is spent.
+    History history;
+    for (const auto& name : state.metric_names()) history.add_metric(base_name(name));
+    for (size_t epoch = 0; epoch < state.history.size(); ++epoch) {
+      for (const auto& [name, value] : state.history[epoch]) {
+        history.record(name, false, static_cast<int64_t>(epoch) + 1, value);
       }
-      write_chart(history_, options_);
     }
+    write_chart(history, options_);
   }
 
   std::string state_key() const override { return "plot"; }
 
  private:
   PlotOptions options_;
-  History history_;
 };
 
 // --- CSV log ---------------------------------------------------------------

@@ -450,43 +450,4 @@ std::string render(const Chart& chart) {
   return out;
 }
 
-void write_atomically(const std::string& path, const std::string& text) {
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  const fs::path directory = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  // A hidden name in the same directory: rename is atomic only within one
-  // file system, and a watcher globbing *.svg does not pick the temp file up.
-  std::string temp = (directory / ("." + target.filename().string() + ".XXXXXX")).string();
-  const int fd = mkstemp(temp.data());
-  if (fd < 0) {
-    throw Error(fmt::format("{}: cannot create a temporary file in {}: {}", path,
-                            directory.string(), std::strerror(errno)));
-  }
-  size_t written = 0;
-  while (written < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int error = errno;
-      ::close(fd);
-      std::remove(temp.c_str());
-      throw Error(fmt::format("{}: cannot write {}: {}", path, temp, std::strerror(error)));
-    }
-    written += static_cast<size_t>(n);
-  }
-  // mkstemp creates 0600; a plot is meant to be read by others like any file.
-  fchmod(fd, 0644);
-  if (::close(fd) != 0) {
-    const int error = errno;
-    std::remove(temp.c_str());
-    throw Error(fmt::format("{}: cannot write {}: {}", path, temp, std::strerror(error)));
-  }
-  std::error_code error;
-  fs::rename(temp, target, error);
-  if (error) {
-    std::remove(temp.c_str());
-    throw Error(fmt::format("{}: cannot rename {} into place: {}", path, temp, error.message()));
-  }
-}
-
 }  // namespace trainloop::svg

@@ -76,9 +76,4 @@ std::string tick_label(double value, double step);
 /// The chart as an SVG document.
 std::string render(const Chart& chart);
 
-/// Writes `text` to a temporary file in the directory of `path`, then renames
-/// it over `path`, so a reader never sees a half-written file. Throws `Error`
-/// naming `path` when it cannot be written.
-void write_atomically(const std::string& path, const std::string& text);
-
 }  // namespace trainloop::svg

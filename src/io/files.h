@@ -1,0 +1,28 @@
+#pragma once
+
+// Whole-file reads and atomic writes, shared by everything that writes a file
+// a killed run must not leave half-written. Private to the library.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace trainloop::io {
+
+/// Writes `bytes` to a hidden temporary file next to `path`, then renames it
+/// over `path`, so readers see the old file or the new one, never a part.
+/// With `durable`, the data is fsynced before the rename and the directory
+/// after it, so the new file survives a power cut too. Throws `Error` naming
+/// `path` on failure; the temporary file is removed.
+void write_atomically(const std::string& path, std::string_view bytes, bool durable = false);
+
+/// Flushes a file's or a directory's data and metadata to the disk (fsync).
+/// Throws `Error` naming `path` on failure.
+void sync_path(const std::string& path);
+
+/// The contents of the regular file at `path`. Throws `Error` naming the file
+/// when it is missing, not a regular file, unreadable, or larger than
+/// `max_bytes` (so a wrong path never makes an absurd allocation).
+std::string read_file(const std::string& path, size_t max_bytes);
+
+}  // namespace trainloop::io
