@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -31,6 +33,8 @@ struct Flags {
   std::string out = "run";
   std::string schedule = "one-cycle";
   bool lr_find = false;
+  bool resume = false;
+  int64_t checkpoint_steps = 0;
 };
 
 // Exit code 2 with one line for anything wrong on the command line.
@@ -51,14 +55,6 @@ const CLI::Validator kPositive(
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "fashion_mnist_lenet: %s (see --help)\n", message.c_str());
   return kUsageError;
-}
-
-// Writes to a temporary name, then renames, so a killed run never leaves a
-// half-written model behind.
-void save_atomically(const tl::examples::LeNet& model, const fs::path& path) {
-  const fs::path temporary = path.string() + ".tmp";
-  torch::save(model, temporary.string());
-  fs::rename(temporary, path);
 }
 
 // The run's settings, written to TensorBoard as a text summary.
@@ -96,6 +92,11 @@ int main(int argc, char** argv) {
                  "directory for the model, log.csv, curves.svg and tensorboard/")->capture_default_str();
   app.add_option("--schedule", flags.schedule, "learning-rate schedule; --lr is its peak")
       ->check(CLI::IsMember({"constant", "one-cycle", "warmup-linear"}))->capture_default_str();
+  app.add_flag("--resume", flags.resume,
+               "continue from the newest checkpoint under --out/checkpoints (a fresh run if none)");
+  app.add_option("--checkpoint-steps", flags.checkpoint_steps,
+                 "also checkpoint every N optimizer steps (0: at epoch ends and every 2 minutes)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
   app.add_flag("--lr-find", flags.lr_find,
                "sweep the learning rate, write lr_find.svg under --out, suggest a rate, and exit");
   try {
@@ -127,10 +128,24 @@ int main(int argc, char** argv) {
     torch::optim::SGD optimizer(model->parameters(),
                                 torch::optim::SGDOptions(flags.lr).momentum(flags.momentum));
     const fs::path out(flags.out);
+    const fs::path checkpoints = out / "checkpoints";
+    const bool resuming = flags.resume && !tl::checkpoint_names(checkpoints.string()).empty();
+    // A fresh run starts a fresh log, and leaves no older checkpoint for a
+    // later --resume to pick up by mistake.
+    if (!resuming && !flags.lr_find) fs::remove_all(checkpoints);
     fs::create_directories(out);
+    auto checkpoint = tl::callbacks::checkpoint(
+        checkpoints.string(), tl::callbacks::CheckpointOptions()
+                                  .every_n_minutes(2)
+                                  .every_n_steps(flags.checkpoint_steps)
+                                  .keep_last(2)
+                                  .monitor("val_accuracy")
+                                  .mode(tl::callbacks::Mode::max));
     std::vector<std::shared_ptr<tl::Callback>> callbacks{
         tl::callbacks::progress(),
-        tl::callbacks::csv_logger((out / "log.csv").string()),
+        tl::callbacks::csv_logger(tl::callbacks::CsvLoggerOptions((out / "log.csv").string())
+                                      .append(resuming)),
+        checkpoint,
         tl::callbacks::tensorboard(tl::callbacks::TensorBoardOptions()
                                        .log_dir((out / "tensorboard" / "stats").string())
                                        .config_text(configuration(flags))),
@@ -156,11 +171,30 @@ int main(int argc, char** argv) {
                 device.str().c_str(), torch::get_num_threads());
     std::fflush(stdout);
     const auto start = std::chrono::steady_clock::now();
-    loop.fit(model, flags.epochs, device);
+    const tl::FitStatus status = resuming ? loop.fit(model, flags.epochs, device, checkpoints.string())
+                                          : loop.fit(model, flags.epochs, device);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double accuracy = loop.state().metric("val_accuracy");
+    if (!loop.state().resumed_from.empty()) {
+      std::printf("resumed from %s\n", loop.state().resumed_from.c_str());
+    }
+    if (checkpoint->write_count() > 0) {
+      std::printf("checkpoints: %lld written, the last in %.0f ms, to %s\n",
+                  static_cast<long long>(checkpoint->write_count()),
+                  1000 * checkpoint->last_write_seconds(), checkpoint->last_path().c_str());
+    }
+    if (status == tl::FitStatus::interrupted) {
+      const int signal = loop.state().interrupt_signal;
+      std::printf("interrupted by %s at step %lld; logs flushed; continue with --resume\n",
+                  signal == SIGINT ? "SIGINT" : "SIGTERM",
+                  static_cast<long long>(loop.state().global_step));
+      return 128 + signal;
+    }
+    // From the history: a resumed fit with no epoch left to run has no
+    // validation pass of its own.
+    const auto& history = loop.state().history;
+    const double accuracy = history.empty() ? NAN : history.back().at("val_accuracy");
     const fs::path model_path = out / "lenet.pt";
-    save_atomically(model, model_path);
+    tl::save_weights(model, model_path.string());
     std::printf("test accuracy %.4f after %lld epochs in %.1f s; model saved to %s\n", accuracy,
                 static_cast<long long>(flags.epochs), seconds, model_path.c_str());
     std::printf("logs: %s, %s, %s (tensorboard --logdir %s)\n", (out / "log.csv").c_str(),

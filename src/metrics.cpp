@@ -84,6 +84,30 @@ Labels labels_of(const std::string& metric, const torch::Tensor& outputs,
   return {outputs.detach().argmax(1), actual.to(torch::kLong), outputs.size(1)};
 }
 
+// The state every metric below keeps: a count of what was added and, once
+// something was, an accumulator tensor on the device.
+void save_accumulator(torch::serialize::OutputArchive& archive, const torch::Tensor& sum,
+                      int64_t count) {
+  archive.write("count", torch::tensor(count));
+  if (sum.defined()) archive.write("sum", sum, /*is_buffer=*/true);
+}
+
+void load_accumulator(const std::string& metric, torch::serialize::InputArchive& archive,
+                      torch::Tensor& sum, int64_t& count) {
+  torch::Tensor saved_count;
+  if (!archive.try_read("count", saved_count) || saved_count.numel() != 1) {
+    throw Error(fmt::format("{}: the saved state has no count", metric));
+  }
+  torch::Tensor saved_sum;
+  const bool has_sum = archive.try_read("sum", saved_sum, /*is_buffer=*/true);
+  count = saved_count.item<int64_t>();
+  if (count < 0 || has_sum != (count > 0)) {
+    throw Error(fmt::format("{}: the saved state holds count {} {} an accumulator", metric, count,
+                            has_sum ? "with" : "without"));
+  }
+  sum = has_sum ? saved_sum : torch::Tensor();
+}
+
 // Batch loss weighted by examples ("loss") or by target elements
 // ("perplexity", which then takes exp of the mean).
 class MeanLoss final : public Metric {
@@ -123,6 +147,13 @@ class MeanLoss final : public Metric {
     return std::make_shared<MeanLoss>(name_, per_token_);
   }
 
+  void save(torch::serialize::OutputArchive& archive) const override {
+    save_accumulator(archive, sum_, weight_);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    load_accumulator(name_, archive, sum_, weight_);
+  }
+
  private:
   std::string name_;
   bool per_token_;
@@ -156,6 +187,13 @@ class Accuracy final : public Metric {
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<Accuracy>(); }
+
+  void save(torch::serialize::OutputArchive& archive) const override {
+    save_accumulator(archive, correct_, total_);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    load_accumulator(name(), archive, correct_, total_);
+  }
 
  private:
   torch::Tensor correct_;  // int64 count on the outputs' device
@@ -216,6 +254,13 @@ class TopKAccuracy final : public Metric {
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<TopKAccuracy>(k_); }
+
+  void save(torch::serialize::OutputArchive& archive) const override {
+    save_accumulator(archive, correct_, total_);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    load_accumulator(name_, archive, correct_, total_);
+  }
 
  private:
   int64_t k_;
@@ -301,6 +346,17 @@ class MatthewsCorrelation final : public Metric {
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<MatthewsCorrelation>(); }
 
+  void save(torch::serialize::OutputArchive& archive) const override {
+    save_accumulator(archive, confusion_, total_);
+  }
+  void load(torch::serialize::InputArchive& archive) override {
+    load_accumulator(name(), archive, confusion_, total_);
+    if (confusion_.defined() && (confusion_.dim() != 2 || confusion_.size(0) != confusion_.size(1))) {
+      throw Error(fmt::format("{}: the saved confusion matrix is not square", name()));
+    }
+    num_classes_ = confusion_.defined() ? confusion_.size(0) : 0;
+  }
+
  private:
   torch::Tensor confusion_;  // [C, C] double, rows true class, columns predicted
   int64_t num_classes_ = 0;
@@ -308,6 +364,16 @@ class MatthewsCorrelation final : public Metric {
 };
 
 }  // namespace
+
+void Metric::save(torch::serialize::OutputArchive& /*archive*/) const {
+  throw Error(fmt::format("metric {}: save() is not implemented, so a checkpoint inside an epoch "
+                          "cannot hold its running value (override save and load)",
+                          name()));
+}
+
+void Metric::load(torch::serialize::InputArchive& /*archive*/) {
+  throw Error(fmt::format("metric {}: load() is not implemented", name()));
+}
 
 namespace metrics {
 

@@ -4,8 +4,12 @@
 
 #include <algorithm>
 #include <exception>
+#include <map>
 #include <set>
+#include <utility>
 
+#include "checkpoint_restore.h"
+#include "signals.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -64,7 +68,13 @@ TrainingLoop::TrainingLoop(data::DataSource training, data::DataSource validatio
   for (size_t i = 0; i < callbacks_.size(); ++i) {
     if (!callbacks_[i]) throw Error(fmt::format("TrainingLoop: callback {} is null", i));
   }
+  sort_callbacks();
   state_.optimizer = &optimizer_;
+}
+
+void TrainingLoop::sort_callbacks() {
+  std::stable_sort(callbacks_.begin(), callbacks_.end(),
+                   [](const auto& a, const auto& b) { return a->order() < b->order(); });
 }
 
 Model& TrainingLoop::model() {
@@ -89,7 +99,19 @@ TrainingLoop& TrainingLoop::accumulate_gradients(int64_t batches) {
 TrainingLoop& TrainingLoop::add_callback(std::shared_ptr<Callback> callback) {
   if (!callback) throw Error("TrainingLoop::add_callback: the callback is null");
   callbacks_.push_back(std::move(callback));
+  sort_callbacks();
   return *this;
+}
+
+TrainingLoop& TrainingLoop::handle_signals(bool on) {
+  handle_signals_ = on;
+  return *this;
+}
+
+void TrainingLoop::poll_interrupt() {
+  if (handle_signals_ && state_.interrupt_signal == 0) {
+    state_.interrupt_signal = detail::SignalGuard::pending();
+  }
 }
 
 void TrainingLoop::emit(Event event) {
@@ -124,18 +146,31 @@ void TrainingLoop::emit(Event event) {
   if (cancel) std::rethrow_exception(cancel);
 }
 
-template <class Body>
-void TrainingLoop::phase(Event start, Event end, int cancel_level, Body&& body) {
+template <class Body, class Finish>
+void TrainingLoop::phase(Event start, Event end, int cancel_level, Body&& body, Finish&& finish) {
   try {
     emit(start);
     body();
   } catch (const Cancel& cancel) {
     if (level_of(cancel) > cancel_level) {
+      if (level_of(cancel) == kFitLevel) state_.stop_requested = true;
       emit(end);
       throw;
     }
   }
+  finish();
   emit(end);
+}
+
+template <class Body>
+void TrainingLoop::phase(Event start, Event end, int cancel_level, Body&& body) {
+  phase(start, end, cancel_level, std::forward<Body>(body), [] {});
+}
+
+void TrainingLoop::record_history() {
+  std::map<std::string, double> values;
+  for (const auto& name : state_.metric_names()) values[name] = state_.metric(name);
+  state_.history.push_back(std::move(values));
 }
 
 void TrainingLoop::begin_run(const Model& model, torch::Device device) {
@@ -146,18 +181,42 @@ void TrainingLoop::begin_run(const Model& model, torch::Device device) {
 }
 
 FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device) {
+  return fit(std::move(model), epochs, device, std::string());
+}
+
+FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device,
+                            const std::string& resume_from) {
   if (epochs < 0) throw Error(fmt::format("TrainingLoop::fit: epochs is {}, expected >= 0", epochs));
   begin_run(model, device);
   state_.epoch = 0;
   state_.epoch_count = epochs;
   state_.global_step = 0;
   state_.stop_requested = false;
+  state_.interrupt_signal = 0;
+  state_.resumed_from.clear();
+  state_.history.clear();
+  resume_batch_ = 0;
+  // Everything that can fail about a checkpoint fails here, before fit_start
+  // and before any training time is spent.
+  std::optional<detail::LoadedCheckpoint> checkpoint;
+  if (!resume_from.empty()) {
+    checkpoint = detail::load_for_resume(resume_from);
+    if (checkpoint) resume_batch_ = detail::restore_loop(*this, *checkpoint);
+  }
+  std::optional<detail::SignalGuard> signals;
+  if (handle_signals_) signals.emplace();
   bool cancelled = false;
   try {
     emit(Event::fit_start);
+    if (checkpoint) detail::restore_callbacks(*this, *checkpoint);
     for (; state_.epoch < epochs; ++state_.epoch) {
-      phase(Event::epoch_start, Event::epoch_end, kEpochLevel, [&] { run_epoch(); });
-      if (state_.stop_requested) throw CancelFit();
+      // Before epoch_end, which then sees this epoch in the history and, for
+      // a signal that came while validating, the interrupt.
+      phase(Event::epoch_start, Event::epoch_end, kEpochLevel, [&] { run_epoch(); }, [&] {
+        record_history();
+        poll_interrupt();
+      });
+      if (state_.stop_requested || state_.interrupt_signal != 0) throw CancelFit();
     }
   } catch (const Cancel&) {
     cancelled = true;
@@ -171,6 +230,7 @@ FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device) {
     throw;
   }
   emit(Event::fit_end);
+  if (state_.interrupt_signal != 0) return FitStatus::interrupted;
   return cancelled ? FitStatus::cancelled : FitStatus::completed;
 }
 
@@ -182,19 +242,30 @@ void TrainingLoop::run_epoch() {
 void TrainingLoop::run_pass(data::BatchSource& source, Phase phase_kind) {
   const bool training = phase_kind == Phase::training;
   state_.phase = phase_kind;
-  state_.batch = 0;
+  // A resumed fit's first training pass starts where its checkpoint was
+  // taken, with the metrics it had accumulated there.
+  const int64_t first_batch = training ? std::exchange(resume_batch_, 0) : 0;
+  state_.batch = first_batch;
   source.start_epoch(state_.epoch);
   state_.batch_count = source.batch_count();
+  if (training) state_.training_batch_count = state_.batch_count;
+  if (first_batch > state_.batch_count) {
+    throw Error(fmt::format("TrainingLoop: resuming at training batch {} of epoch {}, but the "
+                            "training data has {} batches",
+                            first_batch, state_.epoch, state_.batch_count));
+  }
   model_->train(training);
-  for (const auto& metric : state_.phase_metrics()) metric->reset();
+  if (first_batch == 0) {
+    for (const auto& metric : state_.phase_metrics()) metric->reset();
+  }
   std::optional<torch::NoGradGuard> no_grad;
   if (!training) no_grad.emplace();
   const Event start = training ? Event::training_start : Event::validation_start;
   const Event end = training ? Event::training_end : Event::validation_end;
   phase(start, end, kSwallowNone, [&] {
-    for (state_.batch = 0; state_.batch < state_.batch_count; ++state_.batch) {
+    for (state_.batch = first_batch; state_.batch < state_.batch_count; ++state_.batch) {
       run_batch(source.batch(state_.batch));
-      if (state_.stop_requested) throw CancelFit();
+      if (state_.stop_requested || state_.interrupt_signal != 0) throw CancelFit();
     }
   });
 }
@@ -233,6 +304,9 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
     emit(Event::update_start);
     optimizer_.step();
     ++state_.global_step;
+    // Only after an update: a checkpoint inside a gradient-accumulation group
+    // would lose the gradients gathered so far.
+    poll_interrupt();
   });
 }
 

@@ -40,8 +40,15 @@ class Callback {
   virtual std::string state_key() const;
   /// Writes the callback's own state into a checkpoint.
   virtual void save(torch::serialize::OutputArchive& /*archive*/) const {}
-  /// Reads the state written by `save`.
+  /// Reads the state written by `save`. A resumed fit calls it after
+  /// fit_start, so state reset at fit_start is restored.
   virtual void load(torch::serialize::InputArchive& /*archive*/) {}
+  /// Where the callback runs among the others: in ascending order, those of
+  /// equal order as given. Default 0; `callbacks::checkpoint` uses
+  /// `kRunLast`, so it saves what every other callback did at the event.
+  virtual int order() const { return 0; }
+  /// The order of callbacks that must see each event after all others.
+  static constexpr int kRunLast = 1000;
 };
 
 /// A callback made of one function, for one-off customization.

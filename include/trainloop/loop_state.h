@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -28,6 +29,8 @@ struct LoopState {
   /// Current batch within the phase, 0-based, and the phase's batch count.
   int64_t batch = 0;
   int64_t batch_count = 0;
+  /// Batches of the current (or last) epoch's training pass.
+  int64_t training_batch_count = 0;
   /// Optimizer updates done since the fit started.
   int64_t global_step = 0;
   /// Training, validation, evaluation or prediction.
@@ -42,8 +45,22 @@ struct LoopState {
   torch::Tensor loss;
 
   /// Set by a callback to end the fit after the current batch, as `CancelFit`
-  /// does, but without unwinding the batch.
+  /// does, but without unwinding the batch. The loop sets it too while a
+  /// fit-level stop unwinds, so end events can tell a finished phase from a
+  /// cut one.
   bool stop_requested = false;
+  /// The signal (SIGINT or SIGTERM) that is ending the fit, 0 if none. Set
+  /// at the first batch_end after an optimizer update once the signal came
+  /// (or at epoch_end when it came during validation); the fit then stops
+  /// with `FitStatus::interrupted`, and `callbacks::checkpoint` saves.
+  int interrupt_signal = 0;
+  /// The checkpoint this fit resumed from, empty for a fresh fit.
+  std::string resumed_from;
+
+  /// Each finished epoch's metric values by log name ("loss", "val_loss",
+  /// …), recorded just before epoch_end; kept in checkpoints, so a resumed
+  /// fit has the whole history.
+  std::vector<std::map<std::string, double>> history;
 
   /// Metrics of the training phase (the first is always the loss) and their
   /// validation twins; both accumulate since their phase started.

@@ -24,6 +24,13 @@ class Metric {
   virtual double compute() const = 0;
   /// A fresh (reset) metric with the same settings.
   virtual std::shared_ptr<Metric> clone() const = 0;
+  /// Writes what has been accumulated since `reset`, so a checkpoint taken
+  /// inside an epoch resumes the running value exactly. The built-in metrics
+  /// implement it; the default throws `Error` naming the metric (override
+  /// `save` and `load` in a metric of your own to checkpoint inside epochs).
+  virtual void save(torch::serialize::OutputArchive& archive) const;
+  /// Replaces the accumulated state with what `save` wrote.
+  virtual void load(torch::serialize::InputArchive& archive);
 };
 
 namespace metrics {

@@ -23,6 +23,8 @@ namespace trainloop {
 enum class FitStatus {
   completed,  ///< every epoch ran
   cancelled,  ///< a callback threw `CancelFit` or set `stop_requested`
+  interrupted,  ///< SIGINT or SIGTERM arrived (see `handle_signals`); the
+                ///< signal is in `state().interrupt_signal`
 };
 
 /// The generalized training loop: owns the data, loss, metrics and callbacks,
@@ -53,6 +55,20 @@ class TrainingLoop {
   /// the fit ends; an exception from a callback is rethrown as `Error` naming
   /// the callback and event, after `fit_end`.
   FitStatus fit(Model model, int64_t epochs, torch::Device device = torch::kCPU);
+
+  /// Like `fit`, but first restores everything a checkpoint holds — weights,
+  /// optimizer, loop position, generators, metrics, history and every
+  /// callback's state — and continues at the exact batch where it was
+  /// taken, so the result equals that of a fit that never stopped (bit for
+  /// bit on the CPU). `resume_from` is a checkpoint directory, or a
+  /// directory of checkpoints (e.g. the one given to `callbacks::checkpoint`),
+  /// from which the newest valid one is taken: invalid ones are reported on
+  /// stderr and skipped. A directory without any checkpoint starts a fresh fit
+  /// (said on stderr). Throws `Error` before fit_start when the path does not
+  /// exist, every checkpoint in it is invalid, or the checkpoint does not
+  /// match the model (naming the first differing parameter) or the data.
+  FitStatus fit(Model model, int64_t epochs, torch::Device device,
+                const std::string& resume_from);
 
   /// Runs `data` through the model without gradients and returns every
   /// metric by name ("loss", "accuracy", …).
@@ -88,8 +104,16 @@ class TrainingLoop {
   TrainingLoop& accumulate_gradients(int64_t batches);
   /// Training batches per optimizer update (see `accumulate_gradients`).
   int64_t gradient_accumulation() const { return accumulation_; }
-  /// Appends a callback after those given to the constructor.
+  /// Appends a callback after those given to the constructor (and before
+  /// any of a higher `order()`).
   TrainingLoop& add_callback(std::shared_ptr<Callback> callback);
+  /// Whether `fit` handles SIGINT and SIGTERM (default true): the first
+  /// signal lets the current batch finish (a running validation pass, too),
+  /// then the fit stops as after `CancelFit`, end events and fit_end run so
+  /// logs are flushed and a checkpoint callback saves, and `fit` returns
+  /// `FitStatus::interrupted`. A second signal ends the process at once.
+  /// The previous handlers are back when `fit` returns.
+  TrainingLoop& handle_signals(bool on);
 
  private:
   void emit(Event event);
@@ -98,7 +122,13 @@ class TrainingLoop {
   /// letting a wider cancel through, so every start has its end.
   template <class Body>
   void phase(Event start, Event end, int cancel_level, Body&& body);
+  /// The same, running `finish` before `end` unless a wider cancel passes.
+  template <class Body, class Finish>
+  void phase(Event start, Event end, int cancel_level, Body&& body, Finish&& finish);
+  void record_history();
   void begin_run(const Model& model, torch::Device device);
+  void sort_callbacks();
+  void poll_interrupt();
   void run_epoch();
   void run_pass(data::BatchSource& source, Phase phase);
   void run_batch(const data::Batch& batch);
@@ -110,6 +140,9 @@ class TrainingLoop {
   std::vector<std::shared_ptr<Callback>> callbacks_;
   Step step_;
   int64_t accumulation_ = 1;
+  bool handle_signals_ = true;
+  // The first training batch of the next training pass (a resumed fit's).
+  int64_t resume_batch_ = 0;
   LoopState state_;
   std::optional<Model> model_;
   std::vector<torch::Tensor> predictions_;

@@ -3,6 +3,7 @@
 /// Everything in trainloop with one include.
 
 #include "trainloop/callback.h"
+#include "trainloop/callbacks/checkpoint.h"
 #include "trainloop/callbacks/csv_logger.h"
 #include "trainloop/callbacks/early_stopping.h"
 #include "trainloop/callbacks/gradient_clipping.h"
@@ -12,6 +13,7 @@
 #include "trainloop/callbacks/reduce_lr_on_plateau.h"
 #include "trainloop/callbacks/tensorboard.h"
 #include "trainloop/callbacks/terminate_on_nan.h"
+#include "trainloop/checkpoint.h"
 #include "trainloop/data/batch.h"
 #include "trainloop/data/epochs.h"
 #include "trainloop/data/idx.h"

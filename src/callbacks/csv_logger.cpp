@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
@@ -14,6 +15,7 @@
 #include <system_error>
 #include <vector>
 
+#include "monitor.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -97,6 +99,8 @@ class CsvLogger : public Callback {
       case Event::training_start:
       case Event::validation_start:
         if (!logged(state.phase)) return;
+        // A resumed fit starts inside the epoch with the counts load() set.
+        if (state.batch > 0) return;
         batches_ended_ = 0;
         last_written_ = 0;
         return;
@@ -131,6 +135,39 @@ class CsvLogger : public Callback {
     }
   }
 
+  // The file's length now, after the rows written so far reached the disk:
+  // a resume cuts the file back to it, dropping rows written after the
+  // checkpoint, which the resumed fit writes again.
+  void save(torch::serialize::OutputArchive& archive) const override {
+    int64_t length = -1;
+    if (file_ != nullptr) {
+      if (std::fflush(file_) != 0) fail("cannot write", errno);
+      fdatasync(fileno(file_));
+      length = static_cast<int64_t>(std::ftell(file_));
+    }
+    archive.write("length", torch::tensor(length));
+    archive.write("batches_ended", torch::tensor(batches_ended_));
+    archive.write("last_written", torch::tensor(last_written_));
+  }
+
+  void load(torch::serialize::InputArchive& archive) override {
+    const auto length = detail::read_scalar("csv_logger", archive, "length").item<int64_t>();
+    batches_ended_ = detail::read_scalar("csv_logger", archive, "batches_ended").item<int64_t>();
+    last_written_ = detail::read_scalar("csv_logger", archive, "last_written").item<int64_t>();
+    if (file_ == nullptr || length < 0) return;
+    std::fflush(file_);
+    struct stat info {};
+    if (fstat(fileno(file_), &info) != 0) fail("cannot stat", errno);
+    if (!S_ISREG(info.st_mode)) return;
+    if (info.st_size < length) {
+      throw Error(fmt::format("{}: {} bytes, but the checkpoint was taken when it had {}: this is "
+                              "not the log that fit wrote",
+                              options_.path(), info.st_size, length));
+    }
+    if (ftruncate(fileno(file_), length) != 0) fail("cannot cut back to the checkpoint", errno);
+    std::fseek(file_, 0, SEEK_END);
+  }
+
  private:
   static bool logged(Phase phase) { return phase == Phase::training || phase == Phase::validation; }
 
@@ -159,8 +196,9 @@ class CsvLogger : public Callback {
                                 path.parent_path().string(), error.message()));
       }
     }
-    // A logger that ran a fit before continues its own file.
-    const bool continuing = options_.append() || fits_ > 0;
+    // A logger that ran a fit before continues its own file, and so does a
+    // resumed fit.
+    const bool continuing = options_.append() || fits_ > 0 || !state.resumed_from.empty();
     errno = 0;
     file_ = std::fopen(options_.path().c_str(), continuing ? "a+" : "w");
     if (file_ == nullptr) fail("cannot open for writing", errno);

@@ -96,6 +96,9 @@ class EarlyStopping : public Callback {
 
   void on_epoch_end(TrainingLoop& loop) {
     const LoopState& state = loop.state();
+    // An epoch cut by a fit-level stop (a signal, CancelFit) has no
+    // validation value to judge; the fit ends anyway.
+    if (state.stop_requested) return;
     const double value = detail::monitored_value(kKey, state, options_.monitor());
     if (improved(value)) {
       best_ = value;

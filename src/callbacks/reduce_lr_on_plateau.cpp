@@ -42,7 +42,9 @@ class ReduceLrOnPlateau : public Callback {
         detail::check_monitor(kKey, loop.state(), options_.monitor());
         break;
       case Event::epoch_end:
-        step(loop.state());
+        // An epoch cut by a fit-level stop (a signal, CancelFit) has no
+        // validation value to judge.
+        if (!loop.state().stop_requested) step(loop.state());
         break;
       case Event::fit_end:
         reset();

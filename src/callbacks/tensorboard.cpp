@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "monitor.h"
 #include "trainloop/error.h"
 #include "trainloop/tensorboard/event_writer.h"
 #include "trainloop/training_loop.h"
@@ -45,14 +46,24 @@ class TensorBoard : public Callback {
     const LoopState& state = loop.state();
     switch (event) {
       case Event::fit_start:
-        start(state);
+        // A resumed fit continues the files that load() names; if it has no
+        // state to load, the first record opens a new run.
+        finish();
+        in_fit_ = true;
+        if (state.resumed_from.empty()) start(state);
         break;
       case Event::batch_end:
-        if (train_ && state.phase == Phase::training && due(state)) log_training(state);
+        if (in_fit_ && state.phase == Phase::training && due(state)) {
+          if (!train_) start(state);
+          log_training(state);
+        }
         break;
       case Event::validation_end:
         // evaluate() also ends with validation_end, but outside a fit: no writer then.
-        if (train_ && state.phase == Phase::validation) log_validation(state);
+        if (in_fit_ && state.phase == Phase::validation) {
+          if (!train_) start(state);
+          log_validation(state);
+        }
         break;
       case Event::epoch_end:
         if (!train_) break;
@@ -61,10 +72,43 @@ class TensorBoard : public Callback {
         if (validation_) validation_->flush();
         break;
       case Event::fit_end:
+        in_fit_ = false;
         finish();
         break;
       default:
         break;
+    }
+  }
+
+  // Where each file stands: a resume cuts them back there, dropping records
+  // written after the checkpoint, which the resumed fit writes again.
+  void save(torch::serialize::OutputArchive& archive) const override {
+    archive.write("run_dir", c10::IValue(run_dir_));
+    archive.write("last_logged_step", torch::tensor(last_logged_step_));
+    for (const auto& [key, writer] : {std::pair{"train", train_.get()},
+                                      std::pair{"validation", validation_.get()}}) {
+      if (writer == nullptr) continue;
+      archive.write(std::string(key) + "_path", c10::IValue(writer->path()));
+      archive.write(std::string(key) + "_length", torch::tensor(writer->flushed_length()));
+    }
+  }
+
+  void load(torch::serialize::InputArchive& archive) override {
+    finish();
+    c10::IValue run_dir;
+    if (!archive.try_read("run_dir", run_dir) || !run_dir.isString()) {
+      throw Error("tensorboard: the saved state has no run_dir");
+    }
+    last_logged_step_ =
+        detail::read_scalar("tensorboard", archive, "last_logged_step").item<int64_t>();
+    if (run_dir.toStringRef().empty()) return;  // saved before anything was logged
+    run_dir_ = run_dir.toStringRef();
+    for (auto* writer : {&train_, &validation_}) {
+      const std::string key = writer == &train_ ? "train" : "validation";
+      c10::IValue path;
+      if (!archive.try_read(key + "_path", path) || !path.isString()) continue;
+      const auto length = detail::read_scalar("tensorboard", archive, (key + "_length").c_str());
+      *writer = EventWriter::resume(path.toStringRef(), length.item<int64_t>());
     }
   }
 
@@ -145,6 +189,7 @@ class TensorBoard : public Callback {
   }
 
   TensorBoardOptions options_;
+  bool in_fit_ = false;
   std::string run_dir_;
   std::unique_ptr<EventWriter> train_;
   std::unique_ptr<EventWriter> validation_;

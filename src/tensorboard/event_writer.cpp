@@ -1,6 +1,7 @@
 #include "trainloop/tensorboard/event_writer.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -301,6 +302,34 @@ void EventWriter::add_text(const std::string& tag, const std::string& text, int6
       .message(value_field::kMetadata, meta)
       .message(value_field::kTensor, string_tensor);
   write_event(summary_event(summary_value, step, wall_time));
+}
+
+std::unique_ptr<EventWriter> EventWriter::resume(const std::string& path, int64_t length) {
+  std::unique_ptr<EventWriter> writer(new EventWriter());
+  writer->path_ = path;
+  writer->file_ = std::fopen(path.c_str(), "r+b");
+  if (writer->file_ == nullptr) {
+    throw Error(fmt::format("{}: cannot continue the event file: {}", path, error_text(errno)));
+  }
+  // Before any other operation on the stream, as setvbuf requires.
+  std::setvbuf(writer->file_, nullptr, _IOFBF, 1 << 16);
+  struct stat info {};
+  const int fd = fileno(writer->file_);
+  if (fstat(fd, &info) != 0 || info.st_size < length || length < 0) {
+    throw Error(fmt::format("{}: {} bytes, but the checkpoint was taken when it had {}: this is "
+                            "not the event file that fit wrote",
+                            path, static_cast<int64_t>(info.st_size), length));
+  }
+  if (ftruncate(fd, length) != 0 || std::fseek(writer->file_, 0, SEEK_END) != 0) {
+    throw Error(fmt::format("{}: cannot cut back the event file: {}", path, error_text(errno)));
+  }
+  return writer;
+}
+
+int64_t EventWriter::flushed_length() {
+  flush();
+  fdatasync(fileno(file_));
+  return static_cast<int64_t>(std::ftell(file_));
 }
 
 void EventWriter::flush() {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -38,6 +39,11 @@ class EventWriter {
   explicit EventWriter(const std::string& directory, const std::string& file_name = "");
   /// Closes the file; errors are ignored here (call `close()` to see them).
   ~EventWriter();
+  /// Continues the existing event file `path` after cutting it back to its
+  /// first `length` bytes (a length `flushed_length()` returned), so records
+  /// written after that point are dropped. Throws `Error` naming the file
+  /// when it is missing or shorter than `length`.
+  static std::unique_ptr<EventWriter> resume(const std::string& path, int64_t length);
   EventWriter(const EventWriter&) = delete;
   EventWriter& operator=(const EventWriter&) = delete;
 
@@ -63,6 +69,8 @@ class EventWriter {
 
   /// Writes buffered records to the file.
   void flush();
+  /// Flushes, syncs the file to the disk, and returns its length in bytes.
+  int64_t flushed_length();
   /// Flushes and closes the file; later calls do nothing.
   void close();
 
@@ -70,6 +78,7 @@ class EventWriter {
   static double now();
 
  private:
+  EventWriter() = default;
   void write_event(const std::string& event);
   void check_open() const;
 

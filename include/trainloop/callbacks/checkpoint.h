@@ -1,0 +1,92 @@
+#pragma once
+
+#include <torch/arg.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "trainloop/callback.h"
+#include "trainloop/callbacks/early_stopping.h"
+#include "trainloop/checkpoint.h"
+
+namespace trainloop::callbacks {
+
+/// Settings for `checkpoint`. A checkpoint is written when any of the
+/// enabled triggers is due.
+/// Example: `CheckpointOptions().every_n_steps(500).keep_last(2).monitor("val_loss")`
+struct CheckpointOptions {
+  CheckpointOptions() = default;
+  /// At every n-th epoch end (default 1; 0: not at epoch ends).
+  TORCH_ARG(int64_t, every_n_epochs) = 1;
+  /// After every n-th optimizer update (default 0: off).
+  TORCH_ARG(int64_t, every_n_steps) = 0;
+  /// After the first update once this many minutes have passed since the
+  /// last checkpoint (or the fit's start) (default 0: off).
+  TORCH_ARG(double, every_n_minutes) = 0;
+  /// How many of the newest checkpoints to keep (default 3; 0: all). The
+  /// best one (see `monitor`) is kept besides these.
+  TORCH_ARG(int64_t, keep_last) = 3;
+  /// A metric name ("val_loss", "val_accuracy", …): at each epoch end where
+  /// it improved, a checkpoint is written even if none is due, and kept as
+  /// the best. Empty (default): no best checkpoint.
+  TORCH_ARG(std::string, monitor) = "";
+  /// Whether smaller (`min`, default) or larger (`max`) values of `monitor` are better.
+  TORCH_ARG(Mode, mode) = Mode::min;
+  /// Write a checkpoint when SIGINT or SIGTERM stops the fit (default true).
+  TORCH_ARG(bool, on_interrupt) = true;
+};
+
+/// Writes checkpoints (see `save_checkpoint`) into `directory`, one
+/// sub-directory each, named by how far the fit had come:
+///   run/checkpoints/epoch0002-batch000000/   after 2 epochs
+///   run/checkpoints/epoch0002-batch000150/   150 batches into the third
+/// so `fit(model, epochs, device, "run/checkpoints")` resumes from the newest.
+/// Inside an epoch it writes only right after an optimizer update. It runs
+/// after every other callback (`order()` is `kRunLast`), so what they did at
+/// the event (a CSV row, a TensorBoard record) is inside the checkpoint.
+/// At fit_start it creates the directory and fails with `Error` naming it
+/// when it cannot be written, or when the monitor is unknown. Its own state
+/// (the best value and checkpoint) is saved under the key "checkpoint".
+class CheckpointCallback : public Callback {
+ public:
+  CheckpointCallback(std::string directory, CheckpointOptions options);
+  void on_event(Event event, TrainingLoop& loop) override;
+  std::string state_key() const override { return "checkpoint"; }
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+  int order() const override { return kRunLast; }
+
+  /// The directory of the newest checkpoint written, empty before the first.
+  const std::string& last_path() const { return last_path_; }
+  /// The best checkpoint's directory (with a `monitor`), empty before one.
+  const std::string& best_path() const { return best_path_; }
+  /// Seconds the newest checkpoint took to write (0 before the first).
+  double last_write_seconds() const { return last_write_seconds_; }
+  /// Checkpoints written by this callback.
+  int64_t write_count() const { return write_count_; }
+
+ private:
+  void start(TrainingLoop& loop);
+  void write(TrainingLoop& loop, ResumePoint resume, bool best);
+  void prune();
+
+  std::string directory_;
+  CheckpointOptions options_;
+  std::chrono::steady_clock::time_point last_time_;
+  int64_t last_step_seen_ = -1;
+  double best_value_ = 0;
+  std::string best_path_;
+  std::string last_path_;
+  double last_write_seconds_ = 0;
+  int64_t write_count_ = 0;
+};
+
+/// A `CheckpointCallback` writing into `directory`.
+/// Example: `callbacks::checkpoint("run/checkpoints", CheckpointOptions().every_n_steps(100))`
+std::shared_ptr<CheckpointCallback> checkpoint(std::string directory,
+                                               CheckpointOptions options = {});
+
+}  // namespace trainloop::callbacks

@@ -1,0 +1,84 @@
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "trainloop/model.h"
+
+namespace trainloop {
+
+class TrainingLoop;
+
+/// The checkpoint format this build writes, and the only one it reads.
+inline constexpr int kCheckpointFormat = 1;
+
+/// Where a resumed fit continues: `epoch` epochs and then `batch` training
+/// batches of the next one are done. An epoch-end checkpoint has batch 0.
+struct ResumePoint {
+  int64_t epoch = 0;
+  int64_t batch = 0;
+};
+
+/// What a checkpoint's manifest says about it.
+struct CheckpointInfo {
+  /// The checkpoint directory.
+  std::string path;
+  /// Where a fit resumed from it continues.
+  ResumePoint resume;
+  /// Optimizer updates done when it was taken.
+  int64_t global_step = 0;
+  /// Training batches per epoch of the fit that wrote it.
+  int64_t training_batches = 0;
+  /// The monitored metric's name and value, when the writer gave them.
+  std::string monitor;
+  std::optional<double> monitor_value;
+};
+
+/// Extra facts `save_checkpoint` records in the manifest.
+struct CheckpointNote {
+  /// A metric name and its value now, e.g. "val_loss" (for keeping the best).
+  std::string monitor;
+  std::optional<double> monitor_value;
+};
+
+/// Writes everything a fit needs to continue exactly into the directory
+/// `path`: `model.pt` (parameters and buffers as a state dict that Python's
+/// `torch.load` reads), `optimizer.pt`, `state.pt` (random generators,
+/// running metrics, every callback's `save`) and `manifest.json` (format,
+/// position, history, and each file's size and CRC-32). Everything goes to a
+/// temporary directory beside `path`, each file and the directory are
+/// fsynced, and it is renamed into place (replacing an older `path`), so a
+/// run killed at any moment leaves either the old checkpoint or the new one.
+/// Call it while the loop runs a fit, between batches. Throws `Error` naming
+/// the file that could not be written.
+void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
+                     const CheckpointNote& note = {});
+
+/// Reads and checks a checkpoint's manifest and files (sizes and CRC-32s).
+/// Throws `Error` naming the file and what is wrong, e.g.
+/// `run/ckpt/epoch0002-batch000000/model.pt: 1024 bytes, the manifest says 245482`.
+CheckpointInfo verify_checkpoint(const std::string& path);
+
+/// The names of the checkpoint directories `callbacks::checkpoint` writes in
+/// `directory`, oldest first (by position), without checking them. Empty
+/// when the directory holds none or does not exist.
+std::vector<std::string> checkpoint_names(const std::string& directory);
+
+/// The checkpoint directory name for a resume point, e.g. "epoch0002-batch000013".
+std::string checkpoint_name(ResumePoint resume);
+
+/// Saves the model's parameters and buffers (on the CPU) as a state dict to
+/// `path`, atomically: `torch.load(path)` in Python returns a dict of
+/// tensors for `model.load_state_dict`. Throws `Error` naming the path.
+void save_weights(const Model& model, const std::string& path);
+
+/// Loads what `save_weights` (or Python's `torch.save(model.state_dict())`)
+/// wrote into `model`, in place. Throws `Error` naming the path and the
+/// first parameter or buffer whose name or shape does not match.
+void load_weights(Model& model, const std::string& path);
+
+}  // namespace trainloop

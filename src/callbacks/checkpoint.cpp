@@ -1,0 +1,163 @@
+#include "trainloop/callbacks/checkpoint.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <set>
+#include <utility>
+
+#include "../checkpoint_restore.h"
+#include "../io/files.h"
+#include "monitor.h"
+#include "trainloop/error.h"
+#include "trainloop/training_loop.h"
+
+namespace trainloop::callbacks {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kKey = "checkpoint";
+
+bool improved(Mode mode, double value, double best) {
+  return mode == Mode::min ? value < best : value > best;
+}
+
+}  // namespace
+
+CheckpointCallback::CheckpointCallback(std::string directory, CheckpointOptions options)
+    : directory_(std::move(directory)), options_(std::move(options)) {
+  if (directory_.empty()) throw Error("checkpoint: the directory is empty");
+  if (options_.every_n_epochs() < 0 || options_.every_n_steps() < 0 ||
+      !(options_.every_n_minutes() >= 0) || options_.keep_last() < 0) {
+    throw Error(fmt::format(
+        "checkpoint: every_n_epochs {}, every_n_steps {}, every_n_minutes {}, keep_last {}: "
+        "expected numbers >= 0",
+        options_.every_n_epochs(), options_.every_n_steps(), options_.every_n_minutes(),
+        options_.keep_last()));
+  }
+  best_value_ = detail::worst_value(options_.mode());
+}
+
+void CheckpointCallback::on_event(Event event, TrainingLoop& loop) {
+  const LoopState& state = loop.state();
+  switch (event) {
+    case Event::fit_start:
+      start(loop);
+      return;
+    case Event::batch_end: {
+      // Only right after an update: inside a gradient-accumulation group the
+      // gathered gradients are not part of a checkpoint.
+      if (state.phase != Phase::training || state.global_step == last_step_seen_) return;
+      last_step_seen_ = state.global_step;
+      const bool interrupted = state.interrupt_signal != 0 && options_.on_interrupt();
+      const bool steps_due =
+          options_.every_n_steps() > 0 && state.global_step % options_.every_n_steps() == 0;
+      const std::chrono::duration<double, std::ratio<60>> waited =
+          std::chrono::steady_clock::now() - last_time_;
+      const bool time_due = options_.every_n_minutes() > 0 && waited.count() >= options_.every_n_minutes();
+      if (interrupted || steps_due || time_due) write(loop, {state.epoch, state.batch + 1}, false);
+      return;
+    }
+    case Event::epoch_end: {
+      // A fit-level stop cut this epoch short; an interrupt saved already.
+      if (state.stop_requested) return;
+      const int64_t epochs_done = state.epoch + 1;
+      bool best = false;
+      if (!options_.monitor().empty()) {
+        const double value = detail::monitored_value(kKey, state, options_.monitor());
+        best = improved(options_.mode(), value, best_value_);
+        if (best) best_value_ = value;
+      }
+      const bool due = options_.every_n_epochs() > 0 && epochs_done % options_.every_n_epochs() == 0;
+      const bool interrupted = state.interrupt_signal != 0 && options_.on_interrupt();
+      if (due || best || interrupted) write(loop, {epochs_done, 0}, best);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void CheckpointCallback::start(TrainingLoop& loop) {
+  const LoopState& state = loop.state();
+  std::error_code error;
+  fs::create_directories(directory_, error);
+  if (error) {
+    throw Error(fmt::format("{}: cannot create the checkpoint directory: {}", directory_,
+                            error.message()));
+  }
+  // Fail now, not after the first hour of training.
+  const std::string probe = (fs::path(directory_) / ".write-test").string();
+  try {
+    io::write_atomically(probe, "checkpoint directory write test\n");
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: cannot write checkpoints here: {}", directory_, e.what()));
+  }
+  fs::remove(probe, error);
+  // What a run killed while writing left behind.
+  for (const auto& entry : fs::directory_iterator(directory_, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) fs::remove_all(entry.path(), error);
+  }
+  if (!options_.monitor().empty()) detail::check_monitor(kKey, state, options_.monitor());
+  const bool inside_epochs = options_.every_n_steps() > 0 || options_.every_n_minutes() > 0 ||
+                             options_.on_interrupt();
+  trainloop::detail::check_checkpointable(loop, inside_epochs);
+  // A resumed fit gets these back from load(), which runs after fit_start.
+  best_value_ = detail::worst_value(options_.mode());
+  best_path_.clear();
+  last_step_seen_ = state.global_step;
+  last_time_ = std::chrono::steady_clock::now();
+}
+
+void CheckpointCallback::write(TrainingLoop& loop, ResumePoint resume, bool best) {
+  const auto started = std::chrono::steady_clock::now();
+  const std::string path = (fs::path(directory_) / checkpoint_name(resume)).string();
+  // Before saving, so the saved state of this callback names this checkpoint.
+  if (best) best_path_ = path;
+  CheckpointNote note;
+  if (!options_.monitor().empty()) {
+    note.monitor = options_.monitor();
+    note.monitor_value = loop.state().metric(options_.monitor());
+  }
+  save_checkpoint(loop, path, resume, note);
+  last_time_ = std::chrono::steady_clock::now();
+  last_write_seconds_ = std::chrono::duration<double>(last_time_ - started).count();
+  last_path_ = path;
+  ++write_count_;
+  prune();
+}
+
+void CheckpointCallback::prune() {
+  if (options_.keep_last() == 0) return;
+  const std::vector<std::string> names = checkpoint_names(directory_);
+  const std::string best = best_path_.empty() ? "" : fs::path(best_path_).filename().string();
+  const auto keep_from = static_cast<int64_t>(names.size()) - options_.keep_last();
+  for (int64_t i = 0; i < keep_from; ++i) {
+    if (names[i] == best) continue;
+    std::error_code error;
+    fs::remove_all(fs::path(directory_) / names[i], error);
+  }
+}
+
+void CheckpointCallback::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("best_value", torch::tensor(best_value_, torch::kDouble));
+  archive.write("best_path", c10::IValue(best_path_));
+}
+
+void CheckpointCallback::load(torch::serialize::InputArchive& archive) {
+  best_value_ = detail::read_scalar(kKey, archive, "best_value").item<double>();
+  c10::IValue path;
+  if (!archive.try_read("best_path", path) || !path.isString()) {
+    throw Error("checkpoint: the saved state has no best_path");
+  }
+  best_path_ = path.toStringRef();
+}
+
+std::shared_ptr<CheckpointCallback> checkpoint(std::string directory, CheckpointOptions options) {
+  return std::make_shared<CheckpointCallback>(std::move(directory), std::move(options));
+}
+
+}  // namespace trainloop::callbacks

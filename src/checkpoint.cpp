@@ -1,0 +1,655 @@
+#include "trainloop/checkpoint.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "checkpoint_restore.h"
+#include "io/files.h"
+#include "trainloop/error.h"
+#include "trainloop/training_loop.h"
+
+namespace trainloop {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kModelFile = "model.pt";
+constexpr const char* kOptimizerFile = "optimizer.pt";
+constexpr const char* kStateFile = "state.pt";
+// A manifest holds a few numbers per epoch; anything this large is not one.
+constexpr size_t kMaxManifestBytes = size_t{64} << 20;
+// The largest file a checkpoint may hold (model weights included).
+constexpr uint64_t kMaxFileBytes = uint64_t{1} << 40;
+
+uint32_t crc32_of(std::string_view bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // zlib takes at most uInt bytes a call.
+  constexpr size_t kChunk = size_t{1} << 30;
+  for (size_t at = 0; at < bytes.size(); at += kChunk) {
+    const size_t n = std::min(kChunk, bytes.size() - at);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + at), static_cast<uInt>(n));
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+std::string shape_text(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
+
+// JSON has no NaN or infinity; metric values may be either.
+json number_to_json(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  return value;
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+std::string archive_bytes(torch::serialize::OutputArchive& archive) {
+  std::ostringstream out;
+  archive.save_to(out);
+  return out.str();
+}
+
+// Parameters and buffers by name, as a state dict.
+std::vector<std::pair<std::string, torch::Tensor>> state_entries(const Model& model) {
+  auto entries = model.named_parameters();
+  for (auto& buffer : model.named_buffers()) entries.push_back(std::move(buffer));
+  return entries;
+}
+
+std::string weights_bytes(const Model& model) {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& [name, tensor] : state_entries(model)) {
+    dict.insert(name, tensor.detach().to(torch::kCPU).contiguous());
+  }
+  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
+  return std::string(bytes.begin(), bytes.end());
+}
+
+// Copies a state dict into the model in place (an optimizer built on the
+// model keeps referring to the same tensors). Checks everything first, so a
+// mismatch leaves the model as it was.
+void apply_weights(const Model& model, std::string_view bytes, const std::string& source) {
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{}: not a state dict that torch can read: {}", source,
+                            std::string(e.what()).substr(0, 200)));
+  }
+  if (!value.isGenericDict()) {
+    throw Error(fmt::format("{}: holds a {}, expected a dict of tensors", source,
+                            value.tagKind()));
+  }
+  std::map<std::string, torch::Tensor> saved;
+  for (const auto& entry : value.toGenericDict()) {
+    if (!entry.key().isString() || !entry.value().isTensor()) {
+      throw Error(fmt::format("{}: expected a dict of names to tensors", source));
+    }
+    saved[entry.key().toStringRef()] = entry.value().toTensor();
+  }
+  const auto entries = state_entries(model);
+  std::set<std::string> names;
+  for (const auto& [name, tensor] : entries) {
+    names.insert(name);
+    const auto found = saved.find(name);
+    if (found == saved.end()) {
+      throw Error(fmt::format("{}: holds no \"{}\", which the model has (shape {})", source, name,
+                              shape_text(tensor.sizes())));
+    }
+    if (found->second.sizes() != tensor.sizes()) {
+      throw Error(fmt::format("{}: \"{}\" has shape {}, the model's has {}", source, name,
+                              shape_text(found->second.sizes()), shape_text(tensor.sizes())));
+    }
+  }
+  for (const auto& [name, tensor] : saved) {
+    if (names.count(name) == 0) {
+      throw Error(fmt::format("{}: holds \"{}\" (shape {}), which the model does not have", source,
+                              name, shape_text(tensor.sizes())));
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : entries) tensor.copy_(saved.at(name));
+}
+
+void check_unique_keys(const TrainingLoop& loop) {
+  std::map<std::string, std::string> seen;
+  for (const auto& callback : loop.callbacks()) {
+    const std::string key = detail::archive_key(callback->state_key());
+    const auto [at, inserted] = seen.emplace(key, callback->state_key());
+    if (!inserted) {
+      if (at->second == callback->state_key()) {
+        throw Error(fmt::format("checkpoint: two callbacks share the state key \"{}\"; give one "
+                                "of them another state_key()",
+                                key.substr(3)));
+      }
+      throw Error(fmt::format("checkpoint: the state keys \"{}\" and \"{}\" are the same once "
+                              "reduced to letters, digits and '_'; rename one",
+                              at->second, callback->state_key()));
+    }
+  }
+}
+
+std::string state_bytes(TrainingLoop& loop) {
+  torch::serialize::OutputArchive state;
+  torch::serialize::OutputArchive generators;
+  generators.write("cpu", at::globalContext().defaultGenerator(torch::kCPU).get_state());
+  if (torch::cuda::is_available()) {
+    for (size_t i = 0; i < torch::cuda::device_count(); ++i) {
+      const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
+      generators.write(fmt::format("cuda{}", i),
+                       at::globalContext().defaultGenerator(device).get_state());
+    }
+  }
+  state.write("generators", generators);
+
+  torch::serialize::OutputArchive metrics;
+  const auto& training = loop.state().training_metrics;
+  for (size_t i = 0; i < training.size(); ++i) {
+    torch::serialize::OutputArchive metric;
+    training[i]->save(metric);
+    metrics.write(fmt::format("m{}", i), metric);
+  }
+  state.write("metrics", metrics);
+
+  torch::serialize::OutputArchive callbacks;
+  for (const auto& callback : loop.callbacks()) {
+    torch::serialize::OutputArchive archive;
+    try {
+      callback->save(archive);
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("checkpoint: callback {} failed to save its state: {}",
+                              callback->state_key(), e.what()));
+    }
+    callbacks.write(detail::archive_key(callback->state_key()), archive);
+  }
+  state.write("callbacks", callbacks);
+  return archive_bytes(state);
+}
+
+json manifest_json(TrainingLoop& loop, ResumePoint resume, const CheckpointNote& note,
+                   const std::map<std::string, std::string>& files) {
+  const LoopState& state = loop.state();
+  json manifest;
+  manifest["format"] = kCheckpointFormat;
+  manifest["created"] = utc_now();
+  manifest["resume"] = {{"epoch", resume.epoch}, {"batch", resume.batch}};
+  manifest["global_step"] = state.global_step;
+  manifest["epoch_count"] = state.epoch_count;
+  manifest["training_batches"] = state.training_batch_count;
+  json history = json::array();
+  for (const auto& epoch : state.history) {
+    json values = json::object();
+    for (const auto& [name, value] : epoch) values[name] = number_to_json(value);
+    history.push_back(values);
+  }
+  manifest["history"] = history;
+  json metrics = json::array();
+  for (const auto& metric : state.training_metrics) metrics.push_back(metric->name());
+  manifest["metrics"] = metrics;
+  json callbacks = json::array();
+  for (const auto& callback : loop.callbacks()) callbacks.push_back(callback->state_key());
+  manifest["callbacks"] = callbacks;
+  json groups = json::array();
+  for (const auto& group : loop.optimizer().param_groups()) {
+    groups.push_back(static_cast<int64_t>(group.params().size()));
+  }
+  manifest["optimizer_groups"] = groups;
+  if (!note.monitor.empty()) {
+    manifest["monitor"] = {{"name", note.monitor},
+                           {"value", number_to_json(note.monitor_value.value_or(NAN))}};
+  }
+  json entries = json::object();
+  for (const auto& [name, bytes] : files) {
+    entries[name] = {{"bytes", bytes.size()}, {"crc32", crc32_of(bytes)}};
+  }
+  manifest["files"] = entries;
+  return manifest;
+}
+
+// Writes a file inside the private temporary directory and syncs it.
+void write_synced(const fs::path& path, std::string_view bytes) {
+  io::write_atomically(path.string(), bytes, /*durable=*/true);
+}
+
+}  // namespace
+
+std::string checkpoint_name(ResumePoint resume) {
+  return fmt::format("epoch{:04}-batch{:06}", resume.epoch, resume.batch);
+}
+
+std::vector<std::string> checkpoint_names(const std::string& directory) {
+  static const std::regex pattern("epoch[0-9]{4,}-batch[0-9]{6,}");
+  std::vector<std::pair<ResumePoint, std::string>> found;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(directory, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!std::regex_match(name, pattern) || !entry.is_directory()) continue;
+    const size_t dash = name.find('-');
+    ResumePoint point{std::stoll(name.substr(5, dash - 5)), std::stoll(name.substr(dash + 6))};
+    found.emplace_back(point, name);
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.first.epoch, a.first.batch) < std::tie(b.first.epoch, b.first.batch);
+  });
+  std::vector<std::string> names;
+  for (auto& [point, name] : found) names.push_back(std::move(name));
+  return names;
+}
+
+void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
+                     const CheckpointNote& note) {
+  check_unique_keys(loop);
+  std::map<std::string, std::string> files;
+  files[kModelFile] = weights_bytes(loop.model());
+  {
+    torch::serialize::OutputArchive optimizer;
+    loop.optimizer().save(optimizer);
+    files[kOptimizerFile] = archive_bytes(optimizer);
+  }
+  files[kStateFile] = state_bytes(loop);
+  const std::string manifest = manifest_json(loop, resume, note, files).dump(1);
+
+  const fs::path target(path);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const std::string name = target.filename().string();
+  const fs::path temporary = parent / fmt::format(".tmp-{}-{}", name, getpid());
+  std::error_code error;
+  fs::create_directories(parent, error);
+  if (error) throw Error(fmt::format("{}: cannot create directory: {}", parent.string(), error.message()));
+  fs::remove_all(temporary, error);
+  if (!fs::create_directory(temporary, error) || error) {
+    throw Error(fmt::format("{}: cannot create directory: {}", temporary.string(),
+                            error ? error.message() : "it exists"));
+  }
+  try {
+    for (const auto& [file, bytes] : files) write_synced(temporary / file, bytes);
+    // The manifest last: a directory with one is complete.
+    write_synced(temporary / kManifest, manifest);
+    io::sync_path(temporary.string());
+    if (fs::exists(target)) {
+      // rename() cannot replace a non-empty directory: move the old one aside
+      // first. A crash in between loses only this (older) checkpoint.
+      const fs::path old = parent / fmt::format(".old-{}-{}", name, getpid());
+      fs::remove_all(old);
+      fs::rename(target, old);
+      fs::rename(temporary, target);
+      fs::remove_all(old);
+    } else {
+      fs::rename(temporary, target);
+    }
+    io::sync_path(parent.string());
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(temporary, error);
+    throw Error(fmt::format("{}: cannot write the checkpoint: {}", path, e.code().message()));
+  } catch (...) {
+    fs::remove_all(temporary, error);
+    throw;
+  }
+}
+
+CheckpointInfo verify_checkpoint(const std::string& path) {
+  return detail::read_checkpoint(path).manifest.info;
+}
+
+void save_weights(const Model& model, const std::string& path) {
+  io::write_atomically(path, weights_bytes(model), /*durable=*/true);
+}
+
+void load_weights(Model& model, const std::string& path) {
+  apply_weights(model, io::read_file(path, kMaxFileBytes), path);
+}
+
+namespace detail {
+
+void check_checkpointable(const TrainingLoop& loop, bool inside_epochs) {
+  check_unique_keys(loop);
+  if (!inside_epochs) return;
+  for (const auto& metric : loop.state().training_metrics) {
+    torch::serialize::OutputArchive trial;
+    metric->save(trial);
+  }
+}
+
+std::string archive_key(const std::string& key) {
+  // A prefix, because archives are TorchScript modules whose attribute
+  // names must not be Python keywords ("raise") or start with a digit.
+  std::string out = "cb_";
+  for (const char c : key) {
+    out.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
+  }
+  return out;
+}
+
+namespace {
+
+[[noreturn]] void bad_field(const std::string& source, const std::string& field,
+                            const std::string& expected) {
+  throw Error(fmt::format("{}: field \"{}\": expected {}", source, field, expected));
+}
+
+const json& member(const json& object, const char* key, const std::string& source,
+                   const std::string& field) {
+  const auto found = object.find(key);
+  if (found == object.end()) throw Error(fmt::format("{}: field \"{}\" is missing", source, field));
+  return *found;
+}
+
+int64_t non_negative(const json& object, const char* key, const std::string& source,
+                     const std::string& prefix = "") {
+  const std::string field = prefix + key;
+  const json& value = member(object, key, source, field);
+  if (!value.is_number_integer() || value.get<int64_t>() < 0) {
+    bad_field(source, field, "an integer >= 0");
+  }
+  return value.get<int64_t>();
+}
+
+double metric_number(const json& value, const std::string& source, const std::string& field) {
+  if (value.is_number()) return value.get<double>();
+  if (value.is_string()) {
+    const std::string& text = value.get_ref<const std::string&>();
+    if (text == "nan") return NAN;
+    if (text == "inf") return INFINITY;
+    if (text == "-inf") return -INFINITY;
+  }
+  bad_field(source, field, "a number, \"nan\", \"inf\" or \"-inf\"");
+}
+
+std::vector<std::string> string_list(const json& object, const char* key,
+                                     const std::string& source) {
+  const json& value = member(object, key, source, key);
+  if (!value.is_array()) bad_field(source, key, "an array of strings");
+  std::vector<std::string> out;
+  for (const auto& item : value) {
+    if (!item.is_string()) bad_field(source, key, "an array of strings");
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+Manifest parse_manifest(std::string_view text, const std::string& source) {
+  json root;
+  try {
+    root = json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}", source, e.what()));
+  }
+  if (!root.is_object()) throw Error(fmt::format("{}: expected a JSON object", source));
+  const json& format = member(root, "format", source, "format");
+  if (!format.is_number_integer()) bad_field(source, "format", "an integer");
+  if (format.get<int64_t>() != kCheckpointFormat) {
+    throw Error(fmt::format("{}: checkpoint format {}, this build reads {}", source,
+                            format.dump(), kCheckpointFormat));
+  }
+  Manifest manifest;
+  const json& resume = member(root, "resume", source, "resume");
+  if (!resume.is_object()) bad_field(source, "resume", "an object");
+  manifest.info.resume.epoch = non_negative(resume, "epoch", source, "resume.");
+  manifest.info.resume.batch = non_negative(resume, "batch", source, "resume.");
+  manifest.info.global_step = non_negative(root, "global_step", source);
+  manifest.info.training_batches = non_negative(root, "training_batches", source);
+  manifest.epoch_count = non_negative(root, "epoch_count", source);
+  if (manifest.info.resume.batch > manifest.info.training_batches) {
+    throw Error(fmt::format("{}: field \"resume.batch\" is {}, past the {} training batches",
+                            source, manifest.info.resume.batch, manifest.info.training_batches));
+  }
+
+  const json& history = member(root, "history", source, "history");
+  if (!history.is_array()) bad_field(source, "history", "an array of objects");
+  for (size_t i = 0; i < history.size(); ++i) {
+    const std::string field = fmt::format("history[{}]", i);
+    if (!history[i].is_object()) bad_field(source, field, "an object of metric values");
+    std::map<std::string, double> values;
+    for (const auto& [name, value] : history[i].items()) {
+      values[name] = metric_number(value, source, field + "." + name);
+    }
+    manifest.history.push_back(std::move(values));
+  }
+  manifest.metrics = string_list(root, "metrics", source);
+  manifest.callbacks = string_list(root, "callbacks", source);
+
+  const json& groups = member(root, "optimizer_groups", source, "optimizer_groups");
+  if (!groups.is_array()) bad_field(source, "optimizer_groups", "an array of integers");
+  for (const auto& group : groups) {
+    if (!group.is_number_integer() || group.get<int64_t>() < 0) {
+      bad_field(source, "optimizer_groups", "an array of integers >= 0");
+    }
+    manifest.optimizer_groups.push_back(group.get<int64_t>());
+  }
+
+  if (const auto found = root.find("monitor"); found != root.end()) {
+    if (!found->is_object()) bad_field(source, "monitor", "an object");
+    const json& name = member(*found, "name", source, "monitor.name");
+    if (!name.is_string()) bad_field(source, "monitor.name", "a string");
+    manifest.info.monitor = name.get<std::string>();
+    manifest.info.monitor_value =
+        metric_number(member(*found, "value", source, "monitor.value"), source, "monitor.value");
+  }
+
+  const json& files = member(root, "files", source, "files");
+  if (!files.is_object()) bad_field(source, "files", "an object");
+  for (const char* required : {kModelFile, kOptimizerFile, kStateFile}) {
+    const std::string field = std::string("files.") + required;
+    const json& entry = member(files, required, source, field);
+    if (!entry.is_object()) bad_field(source, field, "an object");
+    const int64_t bytes = non_negative(entry, "bytes", source, field + ".");
+    const int64_t crc = non_negative(entry, "crc32", source, field + ".");
+    if (static_cast<uint64_t>(bytes) > kMaxFileBytes || crc > 0xffffffffLL) {
+      bad_field(source, field, "a size of at most 1 TiB and a 32-bit CRC");
+    }
+    manifest.files[required] = {static_cast<uint64_t>(bytes), static_cast<uint32_t>(crc)};
+  }
+  return manifest;
+}
+
+LoadedCheckpoint read_checkpoint(const std::string& path) {
+  const fs::path directory(path);
+  if (!fs::is_directory(directory)) {
+    throw Error(fmt::format("{}: not a checkpoint directory ({})", path,
+                            fs::exists(directory) ? "not a directory" : "does not exist"));
+  }
+  const std::string manifest_path = (directory / kManifest).string();
+  LoadedCheckpoint checkpoint;
+  checkpoint.manifest = parse_manifest(io::read_file(manifest_path, kMaxManifestBytes), manifest_path);
+  checkpoint.manifest.info.path = path;
+  for (const auto& [name, expected] : checkpoint.manifest.files) {
+    const std::string file = (directory / name).string();
+    // At most one byte more than promised is read, so a bad manifest or an
+    // appended file cannot make a large allocation.
+    std::string bytes = io::read_file(file, expected.first);
+    if (bytes.size() != expected.first) {
+      throw Error(fmt::format("{}: {} bytes, the manifest says {} (truncated?)", file,
+                              bytes.size(), expected.first));
+    }
+    const uint32_t crc = crc32_of(bytes);
+    if (crc != expected.second) {
+      throw Error(fmt::format("{}: CRC-32 0x{:08x}, the manifest says 0x{:08x} (corrupted)", file,
+                              crc, expected.second));
+    }
+    checkpoint.files[name] = std::move(bytes);
+  }
+  return checkpoint;
+}
+
+std::optional<LoadedCheckpoint> load_for_resume(const std::string& path) {
+  const fs::path root(path);
+  if (!fs::exists(root)) {
+    throw Error(fmt::format("{}: cannot resume: no such checkpoint or directory", path));
+  }
+  if (fs::exists(root / kManifest)) return read_checkpoint(path);
+  if (!fs::is_directory(root)) {
+    throw Error(fmt::format("{}: cannot resume: not a checkpoint directory", path));
+  }
+  std::vector<std::string> names = checkpoint_names(path);
+  if (names.empty()) {
+    std::cerr << "trainloop: no checkpoint in " << path << ", starting from the beginning\n";
+    return std::nullopt;
+  }
+  std::string first_problem;
+  for (auto name = names.rbegin(); name != names.rend(); ++name) {
+    const std::string candidate = (root / *name).string();
+    try {
+      LoadedCheckpoint checkpoint = read_checkpoint(candidate);
+      if (!first_problem.empty()) std::cerr << "trainloop: resuming from " << candidate << "\n";
+      return checkpoint;
+    } catch (const Error& e) {
+      std::cerr << "trainloop: skipping invalid checkpoint " << candidate << ": " << e.what()
+                << "\n";
+      if (first_problem.empty()) first_problem = e.what();
+    }
+  }
+  throw Error(fmt::format("{}: cannot resume: none of its {} checkpoints is valid; the newest: {}",
+                          path, names.size(), first_problem));
+}
+
+int64_t restore_loop(TrainingLoop& loop, const LoadedCheckpoint& checkpoint) {
+  const Manifest& manifest = checkpoint.manifest;
+  const std::string& path = manifest.info.path;
+  LoopState& state = loop.state();
+
+  std::vector<std::string> metrics;
+  for (const auto& metric : state.training_metrics) metrics.push_back(metric->name());
+  if (metrics != manifest.metrics) {
+    throw Error(fmt::format("{}: saved with metrics [{}], this loop has [{}]", path,
+                            fmt::join(manifest.metrics, ", "), fmt::join(metrics, ", ")));
+  }
+  const auto& groups = loop.optimizer().param_groups();
+  std::vector<int64_t> sizes;
+  for (const auto& group : groups) sizes.push_back(static_cast<int64_t>(group.params().size()));
+  if (sizes != manifest.optimizer_groups) {
+    throw Error(fmt::format("{}: saved with optimizer parameter groups of sizes [{}], this "
+                            "optimizer's are [{}]",
+                            path, fmt::join(manifest.optimizer_groups, ", "), fmt::join(sizes, ", ")));
+  }
+  // Inside an epoch, the same batches must follow; at an epoch's end the next
+  // epoch may be of any size.
+  loop.training_data()->start_epoch(manifest.info.resume.epoch);
+  const int64_t batches = loop.training_data()->batch_count();
+  if (manifest.info.resume.batch > 0 && batches != manifest.info.training_batches) {
+    throw Error(fmt::format("{}: saved with {} training batches per epoch, this loop's data has {} "
+                            "(same data and batch size are needed to resume)",
+                            path, manifest.info.training_batches, batches));
+  }
+
+  apply_weights(loop.model(), checkpoint.files.at(kModelFile),
+                (fs::path(path) / kModelFile).string());
+  const std::string optimizer_path = (fs::path(path) / kOptimizerFile).string();
+  try {
+    torch::serialize::InputArchive archive;
+    const std::string& bytes = checkpoint.files.at(kOptimizerFile);
+    archive.load_from(bytes.data(), bytes.size(), state.device);
+    loop.optimizer().load(archive);
+  } catch (const c10::Error& e) {
+    throw Error(fmt::format("{}: does not fit this optimizer: {}", optimizer_path,
+                            e.what_without_backtrace()));
+  }
+  torch::serialize::InputArchive archive;
+  const std::string& bytes = checkpoint.files.at(kStateFile);
+  const std::string state_path = (fs::path(path) / kStateFile).string();
+  try {
+    archive.load_from(bytes.data(), bytes.size(), state.device);
+    torch::serialize::InputArchive saved_metrics;
+    archive.read("metrics", saved_metrics);
+    for (size_t i = 0; i < state.training_metrics.size(); ++i) {
+      torch::serialize::InputArchive metric;
+      saved_metrics.read(fmt::format("m{}", i), metric);
+      state.training_metrics[i]->load(metric);
+    }
+  } catch (const c10::Error& e) {
+    throw Error(fmt::format("{}: cannot read the running metrics: {}", state_path,
+                            e.what_without_backtrace()));
+  }
+  state.epoch = manifest.info.resume.epoch;
+  state.global_step = manifest.info.global_step;
+  state.history = manifest.history;
+  state.resumed_from = path;
+  return manifest.info.resume.batch;
+}
+
+namespace {
+
+// The default generator is a shared handle: setting a copy sets it.
+void set_generator_state(const torch::Device& device, const torch::Tensor& state) {
+  at::Generator generator = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state.cpu());
+}
+
+}  // namespace
+
+void restore_callbacks(TrainingLoop& loop, const LoadedCheckpoint& checkpoint) {
+  const std::string state_path = (fs::path(checkpoint.manifest.info.path) / kStateFile).string();
+  const std::string& bytes = checkpoint.files.at(kStateFile);
+  torch::serialize::InputArchive archive;
+  torch::serialize::InputArchive callbacks;
+  torch::serialize::InputArchive generators;
+  try {
+    archive.load_from(bytes.data(), bytes.size(), torch::kCPU);
+    archive.read("callbacks", callbacks);
+    archive.read("generators", generators);
+  } catch (const c10::Error& e) {
+    throw Error(fmt::format("{}: cannot read the callbacks' state: {}", state_path,
+                            e.what_without_backtrace()));
+  }
+  for (const auto& callback : loop.callbacks()) {
+    torch::serialize::InputArchive saved;
+    if (!callbacks.try_read(archive_key(callback->state_key()), saved)) {
+      std::cerr << "trainloop: " << checkpoint.manifest.info.path << " holds no state for callback "
+                << callback->state_key() << "; it starts afresh\n";
+      continue;
+    }
+    try {
+      callback->load(saved);
+    } catch (const std::exception& e) {
+      std::throw_with_nested(Error(fmt::format("{}: callback {} cannot load its state: {}",
+                                               state_path, callback->state_key(), e.what())));
+    }
+  }
+  torch::Tensor cpu;
+  if (!generators.try_read("cpu", cpu)) {
+    throw Error(fmt::format("{}: holds no CPU generator state", state_path));
+  }
+  try {
+    set_generator_state(torch::kCPU, cpu);
+    if (torch::cuda::is_available()) {
+      for (size_t i = 0; i < torch::cuda::device_count(); ++i) {
+        torch::Tensor saved;
+        if (!generators.try_read(fmt::format("cuda{}", i), saved)) continue;
+        const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
+        set_generator_state(device, saved);
+      }
+    }
+  } catch (const c10::Error& e) {
+    throw Error(fmt::format("{}: bad generator state: {}", state_path, e.what_without_backtrace()));
+  }
+}
+
+}  // namespace detail
+}  // namespace trainloop

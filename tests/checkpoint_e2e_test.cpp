@@ -1,0 +1,266 @@
+// Kills, signals and resumes a real training process (support/checkpoint_worker)
+// and checks that the resumed run ends exactly where an uninterrupted one does.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/test_support.h"
+#include "trainloop/checkpoint.h"
+
+namespace trainloop {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_support::read_text;
+using testing_support::TempDir;
+using Clock = std::chrono::steady_clock;
+
+struct Exit {
+  bool signaled = false;
+  int code = -1;  // exit status, or the signal number when signaled
+};
+
+class Worker {
+ public:
+  Worker(const fs::path& out, std::vector<std::string> extra) {
+    std::vector<std::string> args{TRAINLOOP_CHECKPOINT_WORKER, "--out", out.string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const fs::path log = out.string() + ".worker.log";
+    pid_ = fork();
+    if (pid_ == 0) {
+      // The child only execs: nothing else is safe after fork in a process
+      // with LibTorch's threads.
+      FILE* sink = std::fopen(log.c_str(), "a");
+      if (sink != nullptr) {
+        dup2(fileno(sink), 1);
+        dup2(fileno(sink), 2);
+      }
+      std::vector<char*> argv;
+      for (auto& arg : args) argv.push_back(arg.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Worker() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  void signal(int number) const { ::kill(pid_, number); }
+  bool running() {
+    if (reaped_) return false;
+    int status = 0;
+    const pid_t done = waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) record(status);
+    return !reaped_;
+  }
+  Exit wait() {
+    if (!reaped_) {
+      int status = 0;
+      waitpid(pid_, &status, 0);
+      record(status);
+    }
+    return exit_;
+  }
+
+ private:
+  void record(int status) {
+    reaped_ = true;
+    exit_.signaled = WIFSIGNALED(status);
+    exit_.code = exit_.signaled ? WTERMSIG(status) : WEXITSTATUS(status);
+  }
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  Exit exit_;
+};
+
+// The TensorBoard records without their wall times.
+std::string tensorboard_records(const fs::path& out) {
+  const auto decoded = testing_support::tfevents_tsv(out / "tensorboard");
+  EXPECT_EQ(decoded.status, 0) << "tfevents.py --strict failed on " << out;
+  std::istringstream lines(decoded.output);
+  std::string records;
+  for (std::string line; std::getline(lines, line);) {
+    std::vector<std::string> cells;
+    std::istringstream fields(line);
+    for (std::string cell; std::getline(fields, cell, '\t');) cells.push_back(cell);
+    if (cells.size() != 5) continue;
+    records += cells[0] + "\t" + cells[1] + "\t" + cells[2] + "\t" + cells[4] + "\n";
+  }
+  return records;
+}
+
+size_t line_count(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
+
+// The run every interrupted one must reproduce, made once for all tests.
+class CheckpointE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    reference_ = new TempDir();
+    const fs::path out = reference_->path / "reference";
+    const auto started = Clock::now();
+    Worker worker(out, {});
+    const Exit exit = worker.wait();
+    reference_seconds_ = std::chrono::duration<double>(Clock::now() - started).count();
+    ASSERT_FALSE(exit.signaled);
+    ASSERT_EQ(exit.code, 0) << read_text(out.string() + ".worker.log");
+    reference_weights_ = read_text(out / "final.pt");
+    reference_log_ = read_text(out / "log.csv");
+    reference_tensorboard_ = tensorboard_records(out);
+  }
+  static void TearDownTestSuite() {
+    delete reference_;
+    reference_ = nullptr;
+  }
+
+  // Resumes until the run completes; the final weights, log and TensorBoard
+  // records must equal the reference's byte for byte.
+  static void finish_and_compare(const fs::path& out) {
+    Worker worker(out, {"--resume"});
+    const Exit exit = worker.wait();
+    ASSERT_FALSE(exit.signaled);
+    ASSERT_EQ(exit.code, 0) << read_text(out.string() + ".worker.log");
+    ASSERT_FALSE(reference_weights_.empty());
+    EXPECT_TRUE(read_text(out / "final.pt") == reference_weights_)
+        << "the resumed run's weights differ from the uninterrupted run's";
+    EXPECT_EQ(read_text(out / "log.csv"), reference_log_);
+    EXPECT_EQ(tensorboard_records(out), reference_tensorboard_);
+  }
+
+  // Waits until the worker's log has at least `rows` lines (it is running).
+  static bool wait_for_rows(const fs::path& out, size_t rows, Worker& worker) {
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (Clock::now() < deadline && worker.running()) {
+      if (line_count(read_text(out / "log.csv")) >= rows) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+
+  static TempDir* reference_;
+  static double reference_seconds_;
+  static std::string reference_weights_;
+  static std::string reference_log_;
+  static std::string reference_tensorboard_;
+};
+
+TempDir* CheckpointE2eTest::reference_ = nullptr;
+double CheckpointE2eTest::reference_seconds_ = 0;
+std::string CheckpointE2eTest::reference_weights_;
+std::string CheckpointE2eTest::reference_log_;
+std::string CheckpointE2eTest::reference_tensorboard_;
+
+bool has_temporary(const fs::path& checkpoints) {
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(checkpoints, error)) {
+    if (entry.path().filename().string().rfind(".tmp-", 0) == 0) return true;
+  }
+  return false;
+}
+
+TEST_F(CheckpointE2eTest, KilledAtRandomMomentsResumesToTheSameWeightsAndLog) {
+  constexpr int kKills = 24;
+  const fs::path out = reference_->path / "killed";
+  const fs::path checkpoints = out / "checkpoints";
+  // Fixed seed: a failure names a kill sequence that can be replayed.
+  std::mt19937 random(20261201);
+  // Up to 60% of a whole run: most attempts are killed, not finished.
+  std::uniform_real_distribution<double> delay(0.0, std::max(0.2, 0.6 * reference_seconds_));
+  int kills = 0;
+  int during_write = 0;
+  int attempts = 0;
+  for (; kills < kKills && attempts < 400; ++attempts) {
+    Worker worker(out, {"--resume"});
+    // Every third kill waits for a checkpoint being written (its temporary
+    // directory exists) and kills then; the others at a random moment.
+    const bool aim_at_write = attempts % 3 == 2;
+    const auto deadline = Clock::now() + std::chrono::duration<double>(delay(random));
+    bool alive = true;
+    while (alive) {
+      alive = worker.running();
+      if (!alive) break;
+      if (aim_at_write ? has_temporary(checkpoints) : Clock::now() >= deadline) break;
+      if (aim_at_write && Clock::now() >= deadline + std::chrono::seconds(2)) break;
+      if (!aim_at_write) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if (!alive) {
+      // It finished before the kill: start over so every kill point counts.
+      ASSERT_EQ(worker.wait().code, 0) << read_text(out.string() + ".worker.log");
+      fs::remove(out / "final.pt");
+      fs::remove_all(out);
+      continue;
+    }
+    worker.signal(SIGKILL);
+    const Exit exit = worker.wait();
+    if (!exit.signaled) continue;  // it completed in the same instant
+    ++kills;
+    if (has_temporary(checkpoints)) ++during_write;
+  }
+  ASSERT_EQ(kills, kKills) << "the worker kept finishing before it could be killed";
+  std::printf("killed %d times (%d while a checkpoint was being written) in %d starts\n", kills,
+              during_write, attempts);
+  EXPECT_GE(during_write, 1) << "no kill landed inside a checkpoint write";
+  RecordProperty("kills", kills);
+  RecordProperty("kills_during_checkpoint_write", during_write);
+  finish_and_compare(out);
+}
+
+TEST_F(CheckpointE2eTest, SigintFinishesTheBatchSavesAndResumes) {
+  const fs::path out = reference_->path / "sigint";
+  Worker worker(out, {"--slow-ms", "5"});
+  ASSERT_TRUE(wait_for_rows(out, 40, worker));
+  worker.signal(SIGINT);
+  const Exit exit = worker.wait();
+  EXPECT_FALSE(exit.signaled);
+  EXPECT_EQ(exit.code, 128 + SIGINT) << read_text(out.string() + ".worker.log");
+  EXPECT_THAT(read_text(out.string() + ".worker.log"), ::testing::HasSubstr("interrupted by signal 2"));
+  // The log was flushed up to the checkpoint: every row before it is there.
+  const auto names = checkpoint_names((out / "checkpoints").string());
+  ASSERT_FALSE(names.empty());
+  const CheckpointInfo newest = verify_checkpoint((out / "checkpoints" / names.back()).string());
+  EXPECT_GE(line_count(read_text(out / "log.csv")), static_cast<size_t>(1 + newest.global_step));
+  finish_and_compare(out);
+}
+
+TEST_F(CheckpointE2eTest, SigtermStopsWithExitCode143AndResumes) {
+  const fs::path out = reference_->path / "sigterm";
+  Worker worker(out, {"--slow-ms", "5"});
+  ASSERT_TRUE(wait_for_rows(out, 70, worker));
+  worker.signal(SIGTERM);
+  const Exit exit = worker.wait();
+  EXPECT_FALSE(exit.signaled);
+  EXPECT_EQ(exit.code, 128 + SIGTERM);
+  finish_and_compare(out);
+}
+
+TEST_F(CheckpointE2eTest, SecondSigintEndsTheProcessAtOnce) {
+  const fs::path out = reference_->path / "twice";
+  // Each batch takes 2 s, so the second signal comes while the first waits
+  // for the batch to finish.
+  Worker worker(out, {"--slow-ms", "2000"});
+  ASSERT_TRUE(wait_for_rows(out, 1, worker));
+  worker.signal(SIGINT);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto second = Clock::now();
+  worker.signal(SIGINT);
+  const Exit exit = worker.wait();
+  EXPECT_TRUE(exit.signaled) << "exit code " << exit.code;
+  EXPECT_EQ(exit.code, SIGINT);
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - second).count(), 1.5);
+}
+
+}  // namespace
+}  // namespace trainloop

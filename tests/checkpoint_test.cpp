@@ -1,0 +1,454 @@
+#include "trainloop/checkpoint.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../examples/lenet.h"
+#include "support/test_support.h"
+#include "trainloop/callbacks/checkpoint.h"
+#include "trainloop/callbacks/csv_logger.h"
+#include "trainloop/callbacks/early_stopping.h"
+#include "trainloop/callbacks/lr_scheduler.h"
+#include "trainloop/callbacks/tensorboard.h"
+#include "trainloop/error.h"
+#include "trainloop/training_loop.h"
+
+namespace trainloop {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::HasSubstr;
+using testing::ThrowsMessage;
+using testing_support::read_text;
+using testing_support::TempDir;
+
+// Dropout makes the result depend on the generators' state too.
+struct NetImpl : torch::nn::Module {
+  explicit NetImpl(int64_t hidden = 16)
+      : fc1(register_module("fc1", torch::nn::Linear(4, hidden))),
+        dropout(register_module("dropout", torch::nn::Dropout(0.3))),
+        fc2(register_module("fc2", torch::nn::Linear(hidden, 3))) {}
+  torch::Tensor forward(torch::Tensor x) { return fc2(dropout(torch::relu(fc1(x)))); }
+  torch::nn::Linear fc1;
+  torch::nn::Dropout dropout;
+  torch::nn::Linear fc2;
+};
+TORCH_MODULE(Net);
+
+data::TensorDataset make_dataset(int64_t size, uint64_t seed) {
+  torch::manual_seed(seed);
+  torch::Tensor x = torch::randn({size, 4});
+  return {x, (x.sum(1) > 0).to(torch::kLong) + (x.narrow(1, 0, 1).squeeze(1) > 1).to(torch::kLong)};
+}
+
+// Stops the fit (as a kill would, but in-process) after `step` updates.
+std::shared_ptr<Callback> stop_after(int64_t step) {
+  return callbacks::lambda(
+      [step](Event event, TrainingLoop& loop) {
+        if (event == Event::batch_end && loop.state().global_step == step) {
+          loop.state().stop_requested = true;
+        }
+      },
+      "stop_after");
+}
+
+// One complete set-up: model, optimizer and a loop with logs and checkpoints.
+struct TrainingRun {
+  Net model;
+  torch::optim::Adam optimizer;
+  std::shared_ptr<callbacks::CheckpointCallback> checkpoint;
+  TrainingLoop loop;
+
+  TrainingRun(const fs::path& dir, uint64_t init_seed, std::vector<std::shared_ptr<Callback>> extra = {},
+      int64_t hidden = 16, callbacks::CheckpointOptions options = callbacks::CheckpointOptions()
+                                                                       .every_n_steps(1)
+                                                                       .keep_last(2))
+      : model((torch::manual_seed(init_seed), Net(hidden))),
+        optimizer(model->parameters(), torch::optim::AdamOptions(0.01)),
+        checkpoint(callbacks::checkpoint((dir / "checkpoints").string(), options)),
+        loop(data::Epochs(make_dataset(60, 1), 8).seed(5), data::Batches(make_dataset(20, 2), 8),
+             optimizer, losses::cross_entropy, {metrics::accuracy()},
+             make_callbacks(dir, checkpoint, std::move(extra))) {
+    loop.handle_signals(false);
+  }
+
+  static std::vector<std::shared_ptr<Callback>> make_callbacks(
+      const fs::path& dir, std::shared_ptr<Callback> checkpoint,
+      std::vector<std::shared_ptr<Callback>> extra) {
+    // The checkpoint first: it must still run last (its order).
+    std::vector<std::shared_ptr<Callback>> all{
+        checkpoint, callbacks::csv_logger((dir / "log.csv").string()),
+        callbacks::tensorboard(callbacks::TensorBoardOptions()
+                                   .log_dir((dir / "tensorboard").string())
+                                   .run_name("run")
+                                   .log_every_n_steps(2)),
+        callbacks::lr_scheduler(schedules::warmup_cosine(0.02, 5)),
+        callbacks::early_stopping(callbacks::EarlyStoppingOptions("val_loss").patience(50))};
+    all.insert(all.end(), extra.begin(), extra.end());
+    return all;
+  }
+
+  std::vector<torch::Tensor> weights() {
+    std::vector<torch::Tensor> out;
+    for (const auto& p : model->parameters()) out.push_back(p.detach().clone());
+    return out;
+  }
+};
+
+void expect_bitwise_equal(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i << " differs";
+  }
+}
+
+std::string tensorboard_without_times(const fs::path& dir) {
+  const auto decoded = testing_support::tfevents_tsv(dir / "tensorboard");
+  EXPECT_EQ(decoded.status, 0);
+  std::string out;
+  std::istringstream lines(decoded.output);
+  for (std::string line; std::getline(lines, line);) {
+    const auto first = line.find('\t', line.find('\t', line.find('\t') + 1) + 1);
+    const auto second = line.find('\t', first + 1);
+    out += line.substr(0, first) + line.substr(second) + "\n";
+  }
+  return out;
+}
+
+constexpr int64_t kEpochs = 3;  // 8 batches each
+
+class CheckpointTest : public testing::Test {
+ protected:
+  TempDir scratch;
+};
+
+TEST_F(CheckpointTest, ResumeInsideAnEpochEqualsTheUninterruptedFitBitForBit) {
+  TrainingRun reference(scratch.path / "reference", 11);
+  ASSERT_EQ(reference.loop.fit(reference.model, kEpochs), FitStatus::completed);
+
+  const fs::path dir = scratch.path / "resumed";
+  {
+    TrainingRun first(dir, 11, {stop_after(13)});
+    EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::cancelled);
+  }
+  // A different initialization: everything must come from the checkpoint.
+  TrainingRun second(dir, 99);
+  ASSERT_EQ(second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string()),
+            FitStatus::completed);
+  EXPECT_EQ(second.loop.state().resumed_from,
+            (dir / "checkpoints" / "epoch0001-batch000005").string());
+  expect_bitwise_equal(second.weights(), reference.weights());
+  EXPECT_EQ(second.loop.state().history, reference.loop.state().history);
+  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+  EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
+}
+
+TEST_F(CheckpointTest, ResumeAtAnEpochEndEqualsTheUninterruptedFit) {
+  TrainingRun reference(scratch.path / "reference", 11);
+  reference.loop.fit(reference.model, kEpochs);
+  const fs::path dir = scratch.path / "resumed";
+  {
+    TrainingRun first(dir, 11, {stop_after(20)}, 16,
+              callbacks::CheckpointOptions().every_n_epochs(1).on_interrupt(false));
+    first.loop.fit(first.model, kEpochs);
+    // The cut third epoch left no checkpoint; the second's end did.
+    EXPECT_EQ(checkpoint_names((dir / "checkpoints").string()),
+              std::vector<std::string>({"epoch0001-batch000000", "epoch0002-batch000000"}));
+  }
+  TrainingRun second(dir, 99);
+  second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string());
+  expect_bitwise_equal(second.weights(), reference.weights());
+  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+}
+
+TEST_F(CheckpointTest, ManifestDescribesTheCheckpoint) {
+  TrainingRun run(scratch.path, 11, {stop_after(10)}, 16,
+          callbacks::CheckpointOptions().every_n_steps(5).monitor("val_loss"));
+  run.loop.fit(run.model, kEpochs);
+  const std::string path = (scratch.path / "checkpoints" / "epoch0001-batch000002").string();
+  const CheckpointInfo info = verify_checkpoint(path);
+  EXPECT_EQ(info.resume.epoch, 1);
+  EXPECT_EQ(info.resume.batch, 2);
+  EXPECT_EQ(info.global_step, 10);
+  EXPECT_EQ(info.training_batches, 8);
+  const auto manifest = nlohmann::json::parse(read_text(fs::path(path) / "manifest.json"));
+  EXPECT_EQ(manifest["format"], kCheckpointFormat);
+  EXPECT_EQ(manifest["history"].size(), 1u);
+  EXPECT_EQ(manifest["files"]["model.pt"]["bytes"], fs::file_size(fs::path(path) / "model.pt"));
+  EXPECT_EQ(manifest["callbacks"].size(), 6u);
+  EXPECT_EQ(run.checkpoint->write_count(), 3);  // steps 5, 10 and the first epoch's end
+  EXPECT_GT(run.checkpoint->last_write_seconds(), 0);
+}
+
+TEST_F(CheckpointTest, KeepsTheLastKAndTheBest) {
+  // A maximized loss is "best" only at the first epoch, so that one stays.
+  TrainingRun run(scratch.path, 11, {}, 16,
+          callbacks::CheckpointOptions().keep_last(2).monitor("loss").mode(callbacks::Mode::max));
+  run.loop.fit(run.model, 5);
+  const auto& history = run.loop.state().history;
+  ASSERT_EQ(history.size(), 5u);
+  size_t best_epoch = 0;  // the first of equal values, as "improved" is strict
+  for (size_t e = 1; e < history.size(); ++e) {
+    if (history[e].at("loss") > history[best_epoch].at("loss")) best_epoch = e;
+  }
+  const std::string best = run.checkpoint->best_path();
+  EXPECT_EQ(fs::path(best).filename(), checkpoint_name({static_cast<int64_t>(best_epoch) + 1, 0}));
+  std::vector<std::string> expected;
+  if (best_epoch < 3) expected.push_back(fs::path(best).filename().string());
+  expected.push_back("epoch0004-batch000000");
+  expected.push_back("epoch0005-batch000000");
+  EXPECT_EQ(checkpoint_names((scratch.path / "checkpoints").string()), expected);
+  EXPECT_NEAR(*verify_checkpoint(best).monitor_value, history[best_epoch].at("loss"), 1e-12);
+}
+
+// Flips one byte in the middle of a file.
+void corrupt(const fs::path& file) {
+  std::fstream stream(file, std::ios::in | std::ios::out | std::ios::binary);
+  stream.seekg(static_cast<std::streamoff>(fs::file_size(file) / 2));
+  const char c = static_cast<char>(stream.peek());
+  stream.seekp(static_cast<std::streamoff>(fs::file_size(file) / 2));
+  stream.put(static_cast<char>(c ^ 0x5a));
+}
+
+TEST_F(CheckpointTest, CorruptedOrTruncatedFilesAreNamed) {
+  TrainingRun run(scratch.path, 11, {stop_after(4)});
+  run.loop.fit(run.model, kEpochs);
+  const fs::path newest = scratch.path / "checkpoints" / "epoch0000-batch000004";
+  corrupt(newest / "state.pt");
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr((newest / "state.pt").string() + ": CRC-32")));
+  fs::resize_file(newest / "model.pt", 100);
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr((newest / "model.pt").string() + ": 100 bytes, the manifest says")));
+  std::ofstream(newest / "manifest.json") << "{\"format\": 2}";
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr("checkpoint format 2, this build reads 1")));
+  std::ofstream(newest / "manifest.json") << "{\"format\": 1, \"resume\": {\"epoch\": -3}}";
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr("field \"resume.epoch\": expected an integer >= 0")));
+}
+
+TEST_F(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpointAndSaysSo) {
+  TrainingRun reference(scratch.path / "reference", 11);
+  reference.loop.fit(reference.model, kEpochs);
+  const fs::path dir = scratch.path / "resumed";
+  {
+    TrainingRun first(dir, 11, {stop_after(6)});
+    first.loop.fit(first.model, kEpochs);
+  }
+  corrupt(dir / "checkpoints" / "epoch0000-batch000006" / "model.pt");
+  TrainingRun second(dir, 99);
+  testing::internal::CaptureStderr();
+  second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string());
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_THAT(said, HasSubstr("skipping invalid checkpoint " +
+                              (dir / "checkpoints" / "epoch0000-batch000006").string()));
+  EXPECT_THAT(said, HasSubstr("resuming from " +
+                              (dir / "checkpoints" / "epoch0000-batch000005").string()));
+  expect_bitwise_equal(second.weights(), reference.weights());
+  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+}
+
+// Records whether fit_start ever ran.
+struct StartWatcher : Callback {
+  bool started = false;
+  void on_event(Event event, TrainingLoop&) override { started |= event == Event::fit_start; }
+  std::string state_key() const override { return "start_watcher"; }
+};
+
+TEST_F(CheckpointTest, AMismatchedModelFailsBeforeFitStartNamingTheParameter) {
+  {
+    TrainingRun first(scratch.path, 11, {stop_after(3)});
+    first.loop.fit(first.model, kEpochs);
+  }
+  auto watcher = std::make_shared<StartWatcher>();
+  TrainingRun wider(scratch.path, 11, {watcher}, /*hidden=*/17);
+  EXPECT_THAT(
+      [&] { wider.loop.fit(wider.model, kEpochs, torch::kCPU, (scratch.path / "checkpoints").string()); },
+      ThrowsMessage<Error>(HasSubstr("model.pt: \"fc1.weight\" has shape [16, 4], the model's has [17, 4]")));
+  EXPECT_FALSE(watcher->started);
+}
+
+TEST_F(CheckpointTest, ResumingWithOtherDataMetricsOrLogsFailsSayingWhat) {
+  {
+    TrainingRun first(scratch.path, 11, {stop_after(3)});
+    first.loop.fit(first.model, kEpochs);
+  }
+  const std::string checkpoints = (scratch.path / "checkpoints").string();
+  torch::manual_seed(11);
+  Net model;
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(0.01));
+  // 60 examples in batches of 7: 9 batches, not 8.
+  TrainingLoop other_batches(data::Epochs(make_dataset(60, 1), 7), nullptr, optimizer,
+                             losses::cross_entropy, {metrics::accuracy()});
+  EXPECT_THAT([&] { other_batches.fit(model, kEpochs, torch::kCPU, checkpoints); },
+              ThrowsMessage<Error>(HasSubstr("saved with 8 training batches per epoch, this "
+                                             "loop's data has 9")));
+  TrainingLoop other_metrics(data::Epochs(make_dataset(60, 1), 8), nullptr, optimizer,
+                             losses::cross_entropy, {});
+  EXPECT_THAT([&] { other_metrics.fit(model, kEpochs, torch::kCPU, checkpoints); },
+              ThrowsMessage<Error>(HasSubstr("saved with metrics [loss, accuracy], this loop has [loss]")));
+  // A log that lost what it had when the checkpoint was taken.
+  fs::resize_file(scratch.path / "log.csv", 60);
+  TrainingRun second(scratch.path, 11);
+  EXPECT_THAT([&] { second.loop.fit(second.model, kEpochs, torch::kCPU, checkpoints); },
+              // 61: the logger first ends the cut line it found.
+              ThrowsMessage<Error>(HasSubstr("log.csv: 61 bytes, but the checkpoint was taken when it had")));
+}
+
+TEST_F(CheckpointTest, EveryCheckpointInvalidFailsNamingTheNewestProblem) {
+  {
+    TrainingRun first(scratch.path, 11, {stop_after(3)});
+    first.loop.fit(first.model, kEpochs);
+  }
+  for (const auto& name : checkpoint_names((scratch.path / "checkpoints").string())) {
+    fs::remove(scratch.path / "checkpoints" / name / "optimizer.pt");
+  }
+  TrainingRun second(scratch.path, 11);
+  testing::internal::CaptureStderr();
+  EXPECT_THAT([&] { second.loop.fit(second.model, kEpochs, torch::kCPU, (scratch.path / "checkpoints").string()); },
+              ThrowsMessage<Error>(HasSubstr("cannot resume: none of its 2 checkpoints is valid; "
+                                             "the newest: " +
+                                             (scratch.path / "checkpoints" / "epoch0000-batch000003" /
+                                              "optimizer.pt").string())));
+  testing::internal::GetCapturedStderr();
+}
+
+TEST_F(CheckpointTest, AMissingResumePathFailsNamingIt) {
+  TrainingRun run(scratch.path, 11);
+  const std::string missing = (scratch.path / "nowhere").string();
+  EXPECT_THAT([&] { run.loop.fit(run.model, 1, torch::kCPU, missing); },
+              ThrowsMessage<Error>(HasSubstr(missing + ": cannot resume: no such checkpoint")));
+}
+
+TEST_F(CheckpointTest, AnEmptyCheckpointDirectoryStartsAFreshFit) {
+  fs::create_directories(scratch.path / "checkpoints");
+  TrainingRun run(scratch.path, 11);
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(run.loop.fit(run.model, 1, torch::kCPU, (scratch.path / "checkpoints").string()),
+            FitStatus::completed);
+  EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("starting from the beginning"));
+  EXPECT_TRUE(run.loop.state().resumed_from.empty());
+}
+
+TEST_F(CheckpointTest, AnUnwritableDirectoryFailsAtFitStart) {
+  std::ofstream(scratch.path / "file") << "not a directory";
+  const fs::path inside_a_file = scratch.path / "file" / "checkpoints";
+  torch::manual_seed(1);
+  Net model;
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+  auto watcher = std::make_shared<StartWatcher>();
+  TrainingLoop loop(data::Epochs(make_dataset(16, 1), 8), nullptr, optimizer, losses::cross_entropy,
+                    {}, {callbacks::checkpoint(inside_a_file.string()), watcher});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              ThrowsMessage<Error>(HasSubstr(inside_a_file.string() +
+                                             ": cannot create the checkpoint directory")));
+  EXPECT_EQ(loop.state().global_step, 0);
+}
+
+TEST_F(CheckpointTest, CallbacksSharingAStateKeyFailAtFitStart) {
+  TrainingRun run(scratch.path, 11, {callbacks::csv_logger((scratch.path / "other.csv").string())});
+  EXPECT_THAT([&] { run.loop.fit(run.model, 1); },
+              ThrowsMessage<Error>(HasSubstr("share the state key \"csv_logger\"")));
+}
+
+// A metric without save/load cannot be checkpointed inside an epoch.
+struct Opaque : Metric {
+  std::string name() const override { return "opaque"; }
+  void reset() override {}
+  void update(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) override {}
+  double compute() const override { return 0; }
+  std::shared_ptr<Metric> clone() const override { return std::make_shared<Opaque>(); }
+};
+
+TEST_F(CheckpointTest, AMetricWithoutSaveFailsAtFitStartWhenCheckpointingInsideEpochs) {
+  torch::manual_seed(1);
+  Net model;
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+  TrainingLoop loop(data::Epochs(make_dataset(16, 1), 8), nullptr, optimizer, losses::cross_entropy,
+                    {std::make_shared<Opaque>()},
+                    {callbacks::checkpoint((scratch.path / "c").string(),
+                                           callbacks::CheckpointOptions().every_n_steps(10))});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              ThrowsMessage<Error>(HasSubstr("metric opaque: save() is not implemented")));
+}
+
+TEST_F(CheckpointTest, ASignalStopsAfterTheBatchWithACheckpoint) {
+  TrainingRun reference(scratch.path / "reference", 11);
+  reference.loop.fit(reference.model, kEpochs);
+  const fs::path dir = scratch.path / "signalled";
+  {
+    auto raise_at_step_9 = callbacks::lambda(
+        [](Event event, TrainingLoop& loop) {
+          if (event == Event::update_start && loop.state().global_step == 8) std::raise(SIGTERM);
+        },
+        "raise");
+    TrainingRun first(dir, 11, {raise_at_step_9}, 16, callbacks::CheckpointOptions().every_n_epochs(0));
+    first.loop.handle_signals(true);
+    EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::interrupted);
+    EXPECT_EQ(first.loop.state().interrupt_signal, SIGTERM);
+    EXPECT_EQ(first.loop.state().global_step, 9);
+    EXPECT_EQ(checkpoint_names((dir / "checkpoints").string()),
+              std::vector<std::string>{"epoch0001-batch000001"});
+  }
+  TrainingRun second(dir, 99);
+  second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string());
+  expect_bitwise_equal(second.weights(), reference.weights());
+  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+}
+
+TEST_F(CheckpointTest, WeightsRoundTripAndMismatchesAreNamed) {
+  torch::manual_seed(1);
+  Net model;
+  const std::string path = (scratch.path / "weights.pt").string();
+  save_weights(model, path);
+  torch::manual_seed(2);
+  Net other;
+  Model handle(other);
+  load_weights(handle, path);
+  EXPECT_TRUE(torch::equal(other->fc1->weight, model->fc1->weight));
+  Net wider(17);
+  Model wider_handle(wider);
+  EXPECT_THAT([&] { load_weights(wider_handle, path); },
+              ThrowsMessage<Error>(HasSubstr(path + ": \"fc1.weight\" has shape [16, 4]")));
+  torch::nn::Linear linear(4, 16);
+  Model linear_handle(linear);
+  EXPECT_THAT([&] { load_weights(linear_handle, path); },
+              ThrowsMessage<Error>(HasSubstr("holds no \"weight\", which the model has")));
+  std::ofstream(scratch.path / "junk.pt") << "junk";
+  EXPECT_THAT([&] { load_weights(handle, (scratch.path / "junk.pt").string()); },
+              ThrowsMessage<Error>(HasSubstr("junk.pt: not a state dict that torch can read")));
+}
+
+// Python's torch loads the weights into the same architecture and gets the
+// C++ outputs.
+TEST_F(CheckpointTest, PythonTorchLoadsTheWeightsAndComputesTheSameOutputs) {
+  torch::manual_seed(5);
+  examples::LeNet model;
+  model->eval();
+  const torch::Tensor inputs = torch::rand({4, 1, 28, 28});
+  const torch::Tensor outputs = model->forward(inputs);
+  save_weights(model, (scratch.path / "lenet.pt").string());
+  c10::Dict<std::string, at::Tensor> io;
+  io.insert("inputs", inputs);
+  io.insert("outputs", outputs.detach());
+  const std::vector<char> bytes = torch::pickle_save(c10::IValue(io));
+  std::ofstream(scratch.path / "io.pt", std::ios::binary).write(bytes.data(), bytes.size());
+  const auto result = testing_support::run_command(
+      fmt::format("'{}' '{}/tests/python/load_lenet_weights.py' '{}' '{}' 2>&1", TRAINLOOP_PYTHON,
+                  TRAINLOOP_SOURCE_DIR, (scratch.path / "lenet.pt").string(),
+                  (scratch.path / "io.pt").string()));
+  EXPECT_EQ(result.status, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("max abs difference"));
+}
+
+}  // namespace
+}  // namespace trainloop

@@ -1,0 +1,127 @@
+// A small training run for the kill and signal tests: they start it, kill or
+// signal it, start it again with --resume, and compare its results with
+// those of a run that was never stopped.
+//
+//   checkpoint_worker --out DIR [--resume] [--epochs N] [--slow-ms MS]
+//
+// Writes DIR/log.csv, DIR/tensorboard/run/…, DIR/checkpoints/… and, when the
+// fit completes, DIR/final.pt (the weights). Exit 0 when complete, 128 + the
+// signal number when SIGINT or SIGTERM stopped it, 1 on an error.
+#include <trainloop/trainloop.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+namespace tl = trainloop;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Dropout, so the random generators' state matters to the result.
+struct NetImpl : torch::nn::Module {
+  NetImpl()
+      : fc1(register_module("fc1", torch::nn::Linear(8, 32))),
+        dropout(register_module("dropout", torch::nn::Dropout(0.2))),
+        fc2(register_module("fc2", torch::nn::Linear(32, 3))) {}
+  torch::Tensor forward(torch::Tensor x) { return fc2(dropout(torch::relu(fc1(x)))); }
+  torch::nn::Linear fc1;
+  torch::nn::Dropout dropout;
+  torch::nn::Linear fc2;
+};
+TORCH_MODULE(Net);
+
+tl::data::TensorDataset make_data(int64_t size, uint64_t seed) {
+  torch::manual_seed(seed);
+  torch::Tensor inputs = torch::randn({size, 8});
+  torch::Tensor targets = (inputs.narrow(1, 0, 3).sum(1) > 0).to(torch::kLong) +
+                          (inputs.narrow(1, 3, 2).sum(1) > 0.5).to(torch::kLong);
+  return {inputs, targets};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out;
+  bool resume = false;
+  int64_t epochs = 4;
+  int64_t slow_ms = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--out" && i + 1 < argc) {
+      out = argv[++i];
+    } else if (arg == "--resume") {
+      resume = true;
+    } else if (arg == "--epochs" && i + 1 < argc) {
+      epochs = std::atoll(argv[++i]);
+    } else if (arg == "--slow-ms" && i + 1 < argc) {
+      slow_ms = std::atoll(argv[++i]);
+    } else {
+      std::fprintf(stderr, "checkpoint_worker: unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  if (out.empty()) {
+    std::fprintf(stderr, "checkpoint_worker: --out is required\n");
+    return 2;
+  }
+  // Bitwise equality needs the same reduction order in every run.
+  torch::set_num_threads(1);
+  try {
+    const fs::path dir(out);
+    const fs::path checkpoints = dir / "checkpoints";
+    // Nothing to resume from yet (killed before the first checkpoint): start
+    // clean, so no partial log of that attempt remains.
+    const bool resuming = resume && !tl::checkpoint_names(checkpoints.string()).empty();
+    if (!resuming) fs::remove_all(dir);
+    fs::create_directories(dir);
+
+    const tl::data::TensorDataset train = make_data(480, 1);
+    const tl::data::TensorDataset validation = make_data(96, 2);
+    torch::manual_seed(3);
+    Net model;
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+    std::vector<std::shared_ptr<tl::Callback>> callbacks{
+        tl::callbacks::csv_logger((dir / "log.csv").string()),
+        tl::callbacks::tensorboard(tl::callbacks::TensorBoardOptions()
+                                       .log_dir((dir / "tensorboard").string())
+                                       .run_name("run")
+                                       .log_every_n_steps(1)),
+        tl::callbacks::lr_scheduler(tl::schedules::warmup_linear(0.05, 20)),
+        tl::callbacks::early_stopping(tl::callbacks::EarlyStoppingOptions("val_loss").patience(100)),
+        tl::callbacks::checkpoint(checkpoints.string(), tl::callbacks::CheckpointOptions()
+                                                            .every_n_steps(1)
+                                                            .keep_last(2)
+                                                            .monitor("val_loss"))};
+    if (slow_ms > 0) {
+      callbacks.push_back(tl::callbacks::lambda(
+          [slow_ms](tl::Event event, tl::TrainingLoop&) {
+            if (event == tl::Event::batch_end) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
+            }
+          },
+          "slow"));
+    }
+    tl::TrainingLoop loop(tl::data::Epochs(train, 16).seed(7), tl::data::Batches(validation, 32),
+                          optimizer, tl::losses::cross_entropy, {tl::metrics::accuracy()},
+                          callbacks);
+    const tl::FitStatus status =
+        resuming ? loop.fit(model, epochs, torch::kCPU, checkpoints.string())
+                 : loop.fit(model, epochs, torch::kCPU);
+    if (status == tl::FitStatus::interrupted) {
+      std::printf("interrupted by signal %d at step %lld\n", loop.state().interrupt_signal,
+                  static_cast<long long>(loop.state().global_step));
+      return 128 + loop.state().interrupt_signal;
+    }
+    tl::save_weights(model, (dir / "final.pt").string());
+    std::printf("completed at step %lld\n", static_cast<long long>(loop.state().global_step));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "checkpoint_worker: %s\n", e.what());
+    return 1;
+  }
+}
