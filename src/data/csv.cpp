@@ -497,8 +497,10 @@ int64_t whole_number(const CsvRecords& records, size_t index, const char* name, 
   double value = 0;
   if (parse_number(text, value) != Number::ok || std::floor(value) != value || value < minimum ||
       value > maximum) {
-    throw Error(fmt::format("{}:{}:{}: {} {}, expected a whole number from {} to {}", source,
-                            field.line, index + 1, name, shown(text), minimum, maximum));
+    throw Error(fmt::format("{}:{}:{}: {} {}, expected a whole number from {} to {} (the first "
+                            "line of a scikit-learn bundled table is "
+                            "n_samples,n_features,<class names...>)",
+                            source, field.line, index + 1, name, shown(text), minimum, maximum));
   }
   return static_cast<int64_t>(value);
 }
