@@ -31,7 +31,7 @@ enum class Labels {
   /// int64 class indices 0..K-1 in the order of the sorted distinct labels,
   /// like scikit-learn's LabelEncoder: numerically when every label is a
   /// number ("2" < "10", and "1" and "1.0" are one class), otherwise bytewise
-  /// as text. Labels 0..K-1 thus stay as they are. With
+  /// as text. Labels 0..K-1, all present, thus stay as they are. With
   /// `CsvOptions::class_names`, class i is the label equal to name i instead.
   classes,
   /// int64: the cells are class indices already, whole numbers from 0; K is
@@ -46,7 +46,9 @@ enum class Labels {
 /// with `header(false)`.
 /// Example: `CsvOptions("Species").drop({"Id"})`
 struct CsvOptions {
+  /// Options for a table without a label column.
   CsvOptions() = default;
+  /// Options for a table whose label column is named `label`.
   /* implicit */ CsvOptions(std::string label) : label_(std::move(label)) {}
 
   /// Name of the label column; empty for none (targets left undefined).
@@ -102,9 +104,11 @@ struct CsvTable {
 
 /// Parses CSV text (RFC 4180: quoted cells with doubled quotes, delimiters
 /// and line breaks inside quotes; LF, CRLF or CR line ends; a UTF-8 BOM and
-/// blank lines ignored) into a table. Numbers are read with `std::from_chars`,
-/// the same in every locale; they must be finite and fit float32, with
-/// optional spaces around them. `source_name` names the text in errors.
+/// blank lines ignored) into a table. Spaces and tabs around a cell are
+/// ignored, also inside quotes; a quote inside an unquoted cell is text.
+/// Numbers are read with `std::from_chars`, the same in every locale (a
+/// leading '+' allowed); they must be finite and fit float32. `source_name`
+/// names the text in errors.
 /// Throws `Error` for ragged rows, text where a number is expected, missing
 /// values (by default), unknown column names, an unterminated quote, no
 /// header, no rows, or input past the limits; the message names the source,
