@@ -30,7 +30,7 @@ struct Flags {
   double warmup = 0.1;
   double weight_decay = 0.01;
   std::vector<int64_t> hidden{32};
-  std::string out = "run-binary";
+  std::string out = "run/binary";
   int threads = 0;
 };
 

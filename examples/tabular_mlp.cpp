@@ -27,7 +27,7 @@ struct Flags {
   int64_t epochs = 100;
   double lr = 0.01;
   std::vector<int64_t> hidden{32, 16};
-  std::string out = "run-tabular";
+  std::string out = "run/tabular";
   int threads = 0;
 };
 
