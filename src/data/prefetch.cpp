@@ -56,7 +56,15 @@ class Worker {
       std::lock_guard<std::mutex> lock(mutex_);
       finished_ = false;
     }
-    thread_ = std::thread([this, first] { produce(first); });
+    try {
+      thread_ = std::thread([this, first] { produce(first); });
+    } catch (...) {
+      // No thread (e.g. out of resources): no batch is coming, so a waiting
+      // take() must not wait for one.
+      std::lock_guard<std::mutex> lock(mutex_);
+      finished_ = true;
+      throw;
+    }
   }
 
   Batch take(int64_t index) {
