@@ -107,7 +107,7 @@ size_t line_count(const std::string& text) { return std::count(text.begin(), tex
 
 // The run every interrupted one must reproduce, made once for all tests.
 class CheckpointE2eTest : public ::testing::Test {
- protected:
+ public:
   static void SetUpTestSuite() {
     reference_ = new TempDir();
     const fs::path out = reference_->path / "reference";
@@ -218,32 +218,31 @@ TEST_F(CheckpointE2eTest, KilledAtRandomMomentsResumesToTheSameWeightsAndLog) {
   finish_and_compare(out);
 }
 
-TEST_F(CheckpointE2eTest, SigintFinishesTheBatchSavesAndResumes) {
-  const fs::path out = reference_->path / "sigint";
+// Signals the worker once its log has `rows` lines; it must finish the batch,
+// checkpoint, flush its log, exit with 128 + the signal, and resume exactly.
+void interrupt_and_resume(const fs::path& out, int signal_number, size_t rows) {
   Worker worker(out, {"--slow-ms", "5"});
-  ASSERT_TRUE(wait_for_rows(out, 40, worker));
-  worker.signal(SIGINT);
+  ASSERT_TRUE(CheckpointE2eTest::wait_for_rows(out, rows, worker));
+  worker.signal(signal_number);
   const Exit exit = worker.wait();
+  const std::string said = read_text(out.string() + ".worker.log");
   EXPECT_FALSE(exit.signaled);
-  EXPECT_EQ(exit.code, 128 + SIGINT) << read_text(out.string() + ".worker.log");
-  EXPECT_THAT(read_text(out.string() + ".worker.log"), ::testing::HasSubstr("interrupted by signal 2"));
-  // The log was flushed up to the checkpoint: every row before it is there.
+  EXPECT_EQ(exit.code, 128 + signal_number) << said;
+  EXPECT_THAT(said, ::testing::HasSubstr(fmt::format("interrupted by signal {}", signal_number)));
+  // The log was flushed up to the checkpoint: a row for every step before it.
   const auto names = checkpoint_names((out / "checkpoints").string());
   ASSERT_FALSE(names.empty());
   const CheckpointInfo newest = verify_checkpoint((out / "checkpoints" / names.back()).string());
   EXPECT_GE(line_count(read_text(out / "log.csv")), static_cast<size_t>(1 + newest.global_step));
-  finish_and_compare(out);
+  CheckpointE2eTest::finish_and_compare(out);
+}
+
+TEST_F(CheckpointE2eTest, SigintFinishesTheBatchSavesAndResumes) {
+  interrupt_and_resume(reference_->path / "sigint", SIGINT, 40);
 }
 
 TEST_F(CheckpointE2eTest, SigtermStopsWithExitCode143AndResumes) {
-  const fs::path out = reference_->path / "sigterm";
-  Worker worker(out, {"--slow-ms", "5"});
-  ASSERT_TRUE(wait_for_rows(out, 70, worker));
-  worker.signal(SIGTERM);
-  const Exit exit = worker.wait();
-  EXPECT_FALSE(exit.signaled);
-  EXPECT_EQ(exit.code, 128 + SIGTERM);
-  finish_and_compare(out);
+  interrupt_and_resume(reference_->path / "sigterm", SIGTERM, 70);
 }
 
 TEST_F(CheckpointE2eTest, SecondSigintEndsTheProcessAtOnce) {

@@ -130,6 +130,14 @@ TEST_F(IdxTest, ReadsEmptyDimension) {
   EXPECT_EQ(t.sizes(), (std::vector<int64_t>{0, 28, 28}));
 }
 
+// Found by fuzz/idx_fuzzer: an empty tensor whose other dimensions multiply
+// past int64 made LibTorch's own size check throw from deep inside.
+TEST_F(IdxTest, EmptyTensorWithHugeOtherDimensionsIsAnError) {
+  const std::string path =
+      write_plain("huge_empty", idx_header(0x08, {12648447, 4294967295u, 0, 33554432}));
+  EXPECT_THAT([&] { read_idx(path); }, ThrowsMessage<Error>(HasSubstr("describe more than")));
+}
+
 TEST_F(IdxTest, ReadsDataset) {
   const std::string images = write_gzip(
       "images.gz", idx_header(0x08, {3, 2, 2}) + std::string(4, 0) + std::string(4, '\xff') +

@@ -51,7 +51,7 @@ TEST(ModelTest, TrainSwitchesMode) {
 }
 
 TEST(ModelTest, RejectsEmptyModules) {
-  EXPECT_THAT([] { Model(torch::nn::AnyModule()); },
+  EXPECT_THAT([] { Model{torch::nn::AnyModule()}; },
               testing::ThrowsMessage<Error>(HasSubstr("AnyModule is empty")));
   EXPECT_THAT([] { Model(std::shared_ptr<torch::nn::Module>(), [](const torch::Tensor& t) { return t; }); },
               testing::ThrowsMessage<Error>(HasSubstr("null")));

@@ -182,12 +182,14 @@ Header read_header(Reader& reader, const std::string& path,
     header.sizes.push_back(big_endian_u32(dim_bytes.data() + 4 * d));
     empty = empty || header.sizes.back() == 0;
   }
-  if (empty) return header;
   // Checked one factor at a time, so the product can neither overflow nor
-  // pass the cap unnoticed.
+  // pass the cap unnoticed. An empty tensor's other dimensions are capped
+  // too: LibTorch multiplies them all and rejects a product that overflows
+  // before it reaches the zero (found by fuzz/idx_fuzzer).
   const uint64_t max_elements = kMaxDataBytes / header.element_bytes;
   uint64_t elements = 1;
   for (const int64_t size : header.sizes) {
+    if (size == 0) continue;
     if (elements > max_elements / static_cast<uint64_t>(size)) {
       throw Error(fmt::format("{}: dimensions [{}] describe more than {} bytes of data, "
                               "expected at most {} GiB",
@@ -196,7 +198,7 @@ Header read_header(Reader& reader, const std::string& path,
     }
     elements *= static_cast<uint64_t>(size);
   }
-  header.data_bytes = elements * header.element_bytes;
+  header.data_bytes = empty ? 0 : elements * header.element_bytes;
   return header;
 }
 
