@@ -1,0 +1,681 @@
+"""Runs every benchmark side by side and writes bench/RESULTS.md.
+
+Called by bench/run after the Release build; see bench/run for the knobs.
+Every number in the report is measured in this run: the implementations
+alternate (the order rotates every repetition) so that a change in machine
+load hits all of them, and the report gives medians, spreads and ratios,
+never absolute times alone.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+PYTHON = "/usr/bin/python3"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+WORKLOAD_TEXT = {
+    "w1": "W1 — MLP 64-32-16-10 on scikit-learn's digits, full batch (1437 rows), Adam 0.01, "
+          "100 epochs, test accuracy at the end (the PyTorch tutorial's loop)",
+    "w2": "W2 — the same MLP, shuffled mini-batches of 32 (45 steps per epoch), Adam 0.01, "
+          "20 epochs, validation after every epoch",
+    "w3": "W3 — LeNet-5 on Fashion-MNIST (60,000 images), batch 64 (938 steps), SGD 0.01 "
+          "momentum 0.9, 1 epoch + validation on 10,000",
+}
+IMPL_TEXT = {
+    "hand": "hand-written LibTorch loop",
+    "trainloop": "trainloop `fit` (progress to a file, CSV per batch, TensorBoard, accuracy)",
+    "torchdata": "LibTorch `torch::data` DataLoader + `Stack`",
+    "plain": "Python, plain loop",
+    "dataloader": "Python, `DataLoader` loop",
+    "skorch": "Python, skorch `NeuralNetClassifier`",
+}
+CPP_IMPLS = ["hand", "trainloop", "torchdata"]
+PY_IMPLS = {"w1": ["plain", "dataloader", "skorch"], "w2": ["plain", "dataloader", "skorch"],
+            "w3": ["plain", "dataloader"]}
+# Largest allowed difference of test accuracy to the hand-written loop.
+TOLERANCE = {"w1": 0.02, "w2": 0.02, "w3": 0.01}
+TARGET = {"w1": 1.05, "w2": 1.05, "w3": 1.03}
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load1():
+    return os.getloadavg()[0]
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.build = os.path.abspath(args.build_dir)
+        self.work = os.path.join(self.build, "bench-work")
+        self.data = os.path.join(self.work, "data")
+        self.logs = os.path.join(self.work, "logs")
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+                        OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        self.loads = []
+        self.count = 0
+        self.has_skorch = subprocess.run([PYTHON, "-c", "import skorch"], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL).returncode == 0
+
+    def binary(self, name):
+        return os.path.join(self.build, "bench", name)
+
+    def result(self, command, label):
+        """Runs `command`; returns (its RESULT json, wall seconds, start time)."""
+        self.loads.append(load1())
+        self.count += 1
+        start = time.monotonic()
+        proc = subprocess.run(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=self.work)
+        wall = time.monotonic() - start
+        with open(os.path.join(self.logs, f"{self.count:04d}-{label}.log"), "w") as out:
+            out.write(" ".join(command) + "\n" + proc.stdout)
+        if proc.returncode != 0:
+            sys.exit(f"bench: {' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            sys.exit(f"bench: {' '.join(command)} printed no RESULT line:\n{proc.stdout[-3000:]}")
+        return json.loads(lines[-1][len("RESULT "):]), wall, start
+
+
+def run_command(runner, workload, impl, runs):
+    a = runner.args
+    if impl in CPP_IMPLS:
+        command = [runner.binary("loop_overhead"), "run", "--data", runner.data, "--workload", workload,
+                   "--impl", impl, "--runs", str(runs), "--threads", str(a.threads),
+                   "--log-dir", os.path.join(runner.work, f"callbacks-{workload}-{impl}")]
+    else:
+        command = [PYTHON, os.path.join(HERE, "workloads.py"), "run", "--data", runner.data,
+                   "--workload", workload, "--impl", impl, "--runs", str(runs), "--threads", str(a.threads)]
+    if a.epochs:
+        command += ["--epochs", str(a.epochs)]
+    return command
+
+
+def python_impls(runner, workload):
+    return [i for i in PY_IMPLS[workload] if i != "skorch" or runner.has_skorch]
+
+
+def measure_workloads(runner):
+    a = runner.args
+    jobs = []
+    for workload in a.workloads:
+        for impl in CPP_IMPLS + python_impls(runner, workload):
+            jobs.append((workload, impl))
+    samples = {job: [] for job in jobs}
+    rounds = max(a.repeats, a.repeats_w3)
+    for r in range(rounds):
+        todo = [j for j in jobs if r < (a.repeats_w3 if j[0] == "w3" else a.repeats)]
+        shift = r % len(todo)
+        todo = todo[shift:] + todo[:shift]
+        log(f"workloads, round {r + 1}/{rounds}: {len(todo)} processes (load {load1():.1f})")
+        for workload, impl in todo:
+            runs = a.runs_w3 if workload == "w3" else a.runs
+            result, wall, start = runner.result(run_command(runner, workload, impl, runs), f"{workload}-{impl}")
+            result["wall"] = wall
+            result["t_spawn"] = start
+            result["round"] = r
+            samples[(workload, impl)].append(result)
+    return samples
+
+
+def measure_startup(runner):
+    """Start-up alone: the interpreter, `import torch`, skorch, and the C++ binary."""
+    commands = {
+        "python3 -c pass": [PYTHON, "-c", "pass"],
+        "python3 -c 'import torch'": [PYTHON, "-c", "import torch; print('RESULT {}')"],
+        "python3 -c 'import torch, skorch'": [PYTHON, "-c", "import torch, skorch; print('RESULT {}')"],
+        "loop_overhead noop": [runner.binary("loop_overhead"), "noop"],
+    }
+    if not runner.has_skorch:
+        del commands["python3 -c 'import torch, skorch'"]
+    walls = {name: [] for name in commands}
+    for r in range(runner.args.startup_repeats):
+        for name, command in commands.items():
+            if name == "python3 -c pass":
+                start = time.monotonic()
+                subprocess.run(command, env=runner.env, check=True)
+                walls[name].append(time.monotonic() - start)
+            else:
+                walls[name].append(runner.result(command, "startup")[1])
+    return walls
+
+
+def measure_ablation(runner):
+    out = {}
+    for workload, repeats in (("w1", runner.args.ablation_repeats), ("w2", runner.args.ablation_repeats)):
+        if workload not in runner.args.workloads:
+            continue
+        log(f"ablation {workload} ({repeats} rounds)")
+        command = [runner.binary("loop_overhead"), "ablation", "--data", runner.data, "--workload", workload,
+                   "--repeats", str(repeats), "--threads", str(runner.args.threads),
+                   "--log-dir", os.path.join(runner.work, "ablation")]
+        if runner.args.epochs:
+            command += ["--epochs", str(runner.args.epochs)]
+        out[workload] = runner.result(command, f"ablation-{workload}")[0]
+    return out
+
+
+def measure_pipeline(runner):
+    a = runner.args
+    log("data pipeline")
+    cpp = runner.result([runner.binary("bench_pipeline"), "--data", runner.data, "--repeats",
+                         str(a.pipeline_repeats), "--threads", str(a.threads),
+                         "--overlap-examples", str(a.overlap_examples)], "pipeline")[0]
+    py = runner.result([PYTHON, os.path.join(HERE, "workloads.py"), "pipeline", "--data", runner.data,
+                        "--repeats", str(a.pipeline_repeats), "--threads", str(a.threads)], "pipeline-python")[0]
+    return cpp, py
+
+
+def measure_scaling(runner):
+    a = runner.args
+    log("scaling")
+    return runner.result([runner.binary("bench_scaling"), "--repeats", str(a.scaling_repeats), "--threads",
+                          str(a.threads), "--steps", *[str(s) for s in a.scaling_steps],
+                          "--callback-steps", str(a.callback_steps),
+                          "--memory-epochs", str(a.memory_epochs),
+                          "--log-dir", os.path.join(runner.work, "scaling")], "scaling")[0]
+
+
+# What each sample of a profile is charged to: the first category (in this
+# order) with a frame matching its pattern, among the frames below the loop's
+# own entry (TrainingLoop::fit, or the hand-written loop's function).
+CATEGORIES = [
+    ("CSV logger", r"CsvLogger", None),
+    ("TensorBoard", r"TensorBoard|tensorboard::", None),
+    ("progress", r"callbacks::.*Progress::", None),
+    ("event dispatch (other callbacks)", r"TrainingLoop::emit", None),
+    ("optimizer step", r"torch::optim::\w+::step", r"torch::optim::\w+::step"),
+    ("zero_grad", r"zero_grad", r"zero_grad"),
+    ("backward", r"autograd|Tensor::_?backward", r"autograd|Tensor::_?backward"),
+    ("loss", r"trainloop::losses|cross_entropy", r"cross_entropy"),
+    ("forward", r"Model::forward|SequentialImpl::forward|LeNetImpl::forward",
+     r"SequentialImpl::forward|LeNetImpl::forward"),
+    ("running loss and accuracy", r"(MeanLoss|Accuracy)::update|labels_of|check_batch|record_history|"
+     r"LoopState::metric|(MeanLoss|Accuracy)::compute",
+     r"_ops::(argmax|eq_|sum|add_|mul|detach|_local_scalar|zeros)|Tensor::item|torch::zeros"),
+    ("batch (index_select)", r"Epochs::batch|to_device", r"index_select|_ops::narrow"),
+]
+
+
+def categorize(script, entry, trainloop):
+    counts = {}
+    total = 0
+    for sample in script.split("\n\n"):
+        frames = [line.strip().split(" ", 1)[1] if " " in line.strip() else ""
+                  for line in sample.strip().splitlines()]
+        below = next((i for i, f in enumerate(frames) if re.search(entry, f)), None)
+        if below is None:
+            continue
+        total += 1
+        frames = frames[:below]
+        for name, ours, hand in CATEGORIES:
+            pattern = ours if trainloop else hand
+            if pattern and any(re.search(pattern, f) for f in frames):
+                counts[name] = counts.get(name, 0) + 1
+                break
+        else:
+            counts["the loop itself and the rest"] = counts.get("the loop itself and the rest", 0) + 1
+    return counts, total
+
+
+def measure_profile(runner):
+    """perf's cpu-clock samples of W2 under trainloop and under the hand-written loop."""
+    a = runner.args
+    perf = shutil.which("perf")
+    if not perf or "w2" not in a.workloads:
+        return {"error": "perf is not installed" if not perf else "W2 was not run"}
+    out = {"frequency": 999}
+    for impl, entry in (("trainloop", r"trainloop::TrainingLoop::fit"), ("hand", r"hand_written<")):
+        log(f"profile of W2, {impl} (perf record)")
+        data = os.path.join(runner.work, f"perf-{impl}.data")
+        command = [perf, "record", "-q", "-e", "cpu-clock", "-F", str(out["frequency"]), "--call-graph",
+                   "dwarf,8192", "-o", data, "--", *run_command(runner, "w2", impl, a.profile_runs)]
+        proc = subprocess.run(command, env=runner.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=runner.work)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            return {"error": f"perf record failed here ({proc.stdout.strip()[-300:]})"}
+        script = subprocess.run([perf, "script", "--no-inline", "-i", data, "-F", "ip,sym"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+        os.remove(data)
+        counts, total = categorize(script, entry, impl == "trainloop")
+        if total == 0:
+            return {"error": "perf recorded no samples inside the loop (no call graphs?)"}
+        steps = sum(run["steps"] for run in json.loads(lines[-1][len("RESULT "):])["runs"])
+        out[impl] = {"counts": counts, "total": total, "steps": steps}
+    return out
+
+
+# ------------------------------------------------------------ statistics ---
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values):
+    return f"{min(values):.3g}–{max(values):.3g}" if values else "–"
+
+
+def train_times(samples):
+    """All timed runs' seconds, and one median per process (round)."""
+    flat = [run["seconds"] for s in samples for run in s["runs"]]
+    per_round = {s["round"]: med([run["seconds"] for run in s["runs"]]) for s in samples}
+    return flat, per_round
+
+
+def phases(s):
+    """Wall time of one process split into its parts, in seconds."""
+    train = sum(run["seconds"] for run in s["runs"])
+    return {
+        "to_main": s["t_main"] - s["t_spawn"],
+        "imports": s["t_imported"] - s["t_main"],
+        "load": s["t_loaded"] - s["t_imported"],
+        "warm_up": s["t_warm"] - s["t_loaded"],
+        "between_runs": (s["t_end"] - s["t_warm"]) - train,
+        "exit": s["t_spawn"] + s["wall"] - s["t_end"],
+        "fixed": s["wall"] - train,
+        "wall": s["wall"],
+        "train": train,
+    }
+
+
+def paired_ratios(samples, impl, workload):
+    _, base = train_times(samples[(workload, "hand")])
+    _, mine = train_times(samples[(workload, impl)])
+    return [mine[r] / base[r] for r in sorted(mine) if r in base]
+
+
+def f3(x):
+    return f"{x:.3f}"
+
+
+def ms(x):
+    return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
+
+
+# ---------------------------------------------------------------- report ---
+
+def write_report(runner, facts, samples, startup, ablation, pipeline, scaling, profile, started):
+    a = runner.args
+    lines = []
+    add = lines.append
+    failures = []
+    add("# Benchmarks: trainloop against the loops users would write instead")
+    add("")
+    add(f"Generated by `bench/run` on {facts['date']} from commit `{facts['commit']}` in {facts['duration']}; "
+        "every number below was measured in that one run (rerun `bench/run` to refresh this file, do not edit "
+        "it). Implementations alternate process by process, the order rotating each round, so load changes hit "
+        "all of them; ratios are what to read, absolute times on this machine are noise.")
+    add("")
+    add("## Machine")
+    add("")
+    for key, value in facts["machine"]:
+        add(f"- {key}: {value}")
+    add(f"- load average (1 min) when each process started: median {med(runner.loads):.1f}, "
+        f"range {spread(runner.loads)}; {facts['shared']}")
+    add("")
+
+    # Headline.
+    add("## Headline: ratios to the hand-written LibTorch loop")
+    add("")
+    add("Training time inside the process (median over rounds of the per-round ratio, each round's "
+        "implementations run back to back; in brackets the smallest and largest per-round ratio). Start-up "
+        "is separated out below.")
+    add("")
+    header = "| implementation | " + " | ".join(w.upper() for w in a.workloads) + " |"
+    add(header)
+    add("|---|" + "---|" * len(a.workloads))
+    for impl in CPP_IMPLS + ["plain", "dataloader", "skorch"]:
+        if impl == "hand":
+            continue
+        cells = []
+        for w in a.workloads:
+            if (w, impl) not in samples:
+                cells.append(("not installed" if not runner.has_skorch else "W1, W2 only")
+                             if impl == "skorch" else "–")
+                continue
+            ratios = paired_ratios(samples, impl, w)
+            cell = f"**{med(ratios):.3f}** [{spread(ratios)}]"
+            if impl == "trainloop":
+                ok = med(ratios) <= TARGET[w]
+                cell += f" target ≤ {TARGET[w]}: {'met' if ok else 'NOT met'}"
+            cells.append(cell)
+        add(f"| {IMPL_TEXT[impl]} | " + " | ".join(cells) + " |")
+    add("")
+
+    # Accuracy.
+    add("## Same work: accuracy of every implementation")
+    add("")
+    add("All start from the same initial weights (drawn once by `loop_overhead export`, loaded by every "
+        "implementation), see the same split and the same batches in the same order (the C++ side draws each "
+        "epoch's `epoch_permutation`, checks it equals the exported one, the Python side reads the exported "
+        "orders), with the same optimizer and hyperparameters. Test accuracy after training, every run "
+        "of every round; the run fails when any differs from the hand-written loop's by more than the "
+        "tolerance.")
+    add("")
+    add("| workload | tolerance | " + " | ".join(IMPL_TEXT[i].split(" (")[0] for i in CPP_IMPLS) +
+        " | Python plain | Python DataLoader | skorch | check |")
+    add("|---|---|" + "---|" * (len(CPP_IMPLS) + 4))
+    for w in a.workloads:
+        base = [run["test_accuracy"] for s in samples[(w, "hand")] for run in s["runs"]]
+        cells, ok = [], True
+        for impl in CPP_IMPLS + ["plain", "dataloader", "skorch"]:
+            if (w, impl) not in samples:
+                cells.append("–")
+                continue
+            accs = [run["test_accuracy"] for s in samples[(w, impl)] for run in s["runs"]]
+            worst = max(abs(x - base[0]) for x in accs)
+            if worst > TOLERANCE[w]:
+                ok = False
+                failures.append(f"{w} {impl}: test accuracy {accs} vs hand-written {base[0]:.4f}")
+            cells.append(f"{min(accs):.4f}" if min(accs) == max(accs) else f"{min(accs):.4f}–{max(accs):.4f}")
+        add(f"| {w.upper()} | {TOLERANCE[w]:.2f} | " + " | ".join(cells) + f" | {'ok' if ok else 'FAILED'} |")
+    add("")
+
+    # Per workload detail.
+    add("## Per workload: training time, per step, and the process around it")
+    add("")
+    add("*train*: median seconds of one training (optimizer set-up to final test accuracy) over all timed "
+        f"runs ({a.runs} per process for W1/W2, {a.runs_w3} for W3; {a.repeats} rounds for W1/W2, "
+        f"{a.repeats_w3} for W3), with the range; *ratio*: train against the hand-written loop, as in the "
+        "headline; *µs/step*: train divided by optimizer steps; *fixed*: the process's wall time minus its "
+        "trainings — start-up until `main` or the script's first line (exec, dynamic loading, the "
+        "interpreter), imports (`import torch`, skorch), loading the exported tensors, the warm-up step, "
+        "exit; *wall ratio*: the whole process against the hand-written one's, for one training per process "
+        "(fixed + one median training).")
+    add("")
+    for w in a.workloads:
+        add(f"### {WORKLOAD_TEXT[w]}")
+        add("")
+        add("| implementation | train (s) | range | ratio | µs/step | to main | imports | data load | warm-up "
+            "| exit | fixed | wall ratio (1 training) |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        base_flat, _ = train_times(samples[(w, "hand")])
+        base_fixed = med([phases(s)["fixed"] for s in samples[(w, "hand")]])
+        base_wall = base_fixed + med(base_flat)
+        for impl in CPP_IMPLS + python_impls(runner, w):
+            ss = samples[(w, impl)]
+            flat, _ = train_times(ss)
+            steps = ss[0]["runs"][0]["steps"]
+            ratios = paired_ratios(samples, impl, w)
+            ph = {k: med([phases(s)[k] for s in ss]) for k in phases(ss[0])}
+            wall_one = ph["fixed"] + med(flat)
+            add(f"| {IMPL_TEXT[impl]} | {med(flat):.3f} | {spread(flat)} | {med(ratios):.3f} | "
+                f"{med(flat) / steps * 1e6:.0f} | {ms(ph['to_main'])} | {ms(ph['imports'])} | {ms(ph['load'])} "
+                f"| {ms(ph['warm_up'])} | {ms(ph['exit'])} | {ms(ph['fixed'])} | {wall_one / base_wall:.2f} |")
+        add("")
+
+    add("### Start-up alone")
+    add("")
+    add("Wall time of processes that only start and exit (median and range over "
+        f"{a.startup_repeats} runs):")
+    add("")
+    add("| command | wall |")
+    add("|---|---|")
+    for name, walls in startup.items():
+        add(f"| `{name}` | {ms(med(walls))} ({spread([w * 1000 for w in walls])} ms) |")
+    add("")
+
+    # Ablation and profile.
+    add("## Where trainloop's remaining cost goes")
+    add("")
+    add("### Piece by piece (per-phase breakdown)")
+    add("")
+    add("`loop_overhead ablation`: in one process, the hand-written loop and `fit` with its pieces switched on "
+        "one after another, alternating, the order rotating each round. *per step* is the difference of the "
+        "median to the previous line, divided by the steps of the fit — the cost of adding that piece.")
+    add("")
+    for w, result in ablation.items():
+        add(f"{w.upper()}: {result['repeats']} rounds, {result['steps']} steps per fit.")
+        add("")
+        add("| configuration | median (s) | ratio to hand (median of pairs) | range | added per step |")
+        add("|---|---|---|---|---|")
+        previous = None
+        for config in result["configs"]:
+            m = med(config["seconds"])
+            added = "" if previous is None else f"{(m - previous) / result['steps'] * 1e6:+.1f} µs"
+            ratios = config["paired_ratios"]
+            add(f"| {config['name']} | {m:.4f} | {med(ratios):.3f} | {spread(ratios)} | {added} |")
+            previous = m
+        add("")
+    add("### Profile")
+    add("")
+    if "error" in profile:
+        add(f"Not profiled: {profile['error']}.")
+    else:
+        f = profile["frequency"]
+        add(f"`perf record -e cpu-clock -F {f} --call-graph dwarf` of `loop_overhead run --workload w2 "
+            f"--runs {a.profile_runs}`, once with `--impl trainloop` ({profile['trainloop']['total']} samples inside "
+            f"`fit`) and once with `--impl hand` ({profile['hand']['total']} samples inside the loop); the "
+            "container has no hardware counters, so perf samples the software clock. Each sample is charged "
+            "to the first category, in this order, with a frame on its stack below the loop's entry; samples "
+            f"÷ {f} Hz ÷ steps gives µs per step (sampling noise: a few % of each line).")
+        add("")
+        add("| category | hand-written µs/step | trainloop µs/step | difference |")
+        add("|---|---|---|---|")
+        names = [c[0] for c in CATEGORIES] + ["the loop itself and the rest"]
+        per = {impl: {n: profile[impl]["counts"].get(n, 0) / f / profile[impl]["steps"] * 1e6 for n in names}
+               for impl in ("hand", "trainloop")}
+        for n in names:
+            h, t = per["hand"][n], per["trainloop"][n]
+            add(f"| {n} | {h:.1f} | {t:.1f} | {t - h:+.1f} |")
+        th, tt = sum(per["hand"].values()), sum(per["trainloop"].values())
+        add(f"| **total** | {th:.1f} | {tt:.1f} | {tt - th:+.1f} ({(tt / th - 1) * 100:+.1f}%) |")
+        add("")
+    with open(os.path.join(HERE, "profile_notes.md")) as notes:
+        add(notes.read().strip())
+    add("")
+
+    # Pipeline.
+    cpp, py = pipeline
+    add("## Data pipeline")
+    add("")
+    add(f"Batches per second out of the same Fashion-MNIST training tensors ({cpp['examples']} images, batch "
+        f"{cpp['batch_size']}, epoch 0's shuffled order in all), nothing trained; median and range over "
+        f"{a.pipeline_repeats} alternating rounds:")
+    add("")
+    add("| source | batches/s | range | ratio to `Epochs` |")
+    add("|---|---|---|---|")
+    names = {
+        "epochs": "trainloop `Epochs` (one `index_select` per batch)",
+        "prefetch_epochs": "`prefetch(Epochs)` (a background thread, in-memory data)",
+        "torch_data_stack": "`torch::data` DataLoader + `Stack`, no workers",
+        "torch_dataset_adapter": "trainloop `TorchDataset` over the same torch::data dataset",
+        "python_index_select": "Python, `index_select` per batch",
+        "python_dataloader": "Python `DataLoader(TensorDataset)`, no workers",
+    }
+    base = med(cpp["rates"]["epochs"])
+    for source, values in list(cpp["rates"].items()) + list(py["rates"].items()):
+        label = names.get(source, source.replace("torch_data_stack_", "`torch::data` + `Stack`, ")
+                          .replace("_workers", " worker threads"))
+        add(f"| {label} | {med(values):.0f} | {spread(values)} | {med(values) / base:.2f} |")
+    add("")
+    d, c = med(cpp["data_only"]), med(cpp["compute_only"])
+    s, p = med(cpp["serial"]), med(cpp["prefetched"])
+    hidden = (s - p) / min(d, c) if min(d, c) > 0 else float("nan")
+    add(f"Prefetcher overlap: LeNet-5 `fit` over {cpp['overlap_examples']} images whose per-example transform "
+        f"(pad and crop, mirror, {cpp['blur_passes']} 3×3 blurs through `conv2d`) runs in "
+        "`TorchDataset::batch`. Medians over "
+        f"{len(cpp['serial'])} alternating rounds:")
+    add("")
+    add("| run | seconds | range |")
+    add("|---|---|---|")
+    add(f"| transform alone (draining the source) | {d:.3f} | {spread(cpp['data_only'])} |")
+    add(f"| compute alone (`fit` on in-memory `Epochs`) | {c:.3f} | {spread(cpp['compute_only'])} |")
+    add(f"| `fit` on the transforming source | {s:.3f} | {spread(cpp['serial'])} |")
+    add(f"| `fit` on `prefetch(source)` | {p:.3f} | {spread(cpp['prefetched'])} |")
+    add("")
+    add(f"The prefetcher hid {hidden * 100:.0f}% of the smaller of transform and compute "
+        "((serial − prefetched) / min(transform, compute); 100% would be a perfect overlap, which needs a "
+        "second core free for the background thread"
+        + ("; on this run the other engineers' compilers kept both cores busy, so there was none)."
+           if med(runner.loads) > facts["cores"] else ")."))
+    add("")
+
+    # Scaling.
+    add("## Scaling")
+    add("")
+    add(f"A tiny model (16-8-4 MLP, batch {scaling['batch_size']}, SGD) where the loop's own work is as visible "
+        "as it can be; µs per step, median over "
+        f"{a.scaling_repeats} alternating rounds:")
+    add("")
+    add("| steps | hand-written | `fit` (loss, accuracy) | ratio | `fit` + progress, CSV, TensorBoard | ratio |")
+    add("|---|---|---|---|---|---|")
+    for row in scaling["step_counts"]:
+        n = row["steps"]
+        h, b, u = med(row["hand"]) / n * 1e6, med(row["fit"]) / n * 1e6, med(row["fit_usual_callbacks"]) / n * 1e6
+        add(f"| {n} | {h:.1f} | {b:.1f} | {b / h:.3f} | {u:.1f} | {u / h:.3f} |")
+    add("")
+    add("| no-op callbacks | µs per step | added per callback per step |")
+    add("|---|---|---|")
+    base_cb = None
+    for row in scaling["callback_counts"]:
+        per = med(row["seconds"]) / row["steps"] * 1e6
+        extra = "" if base_cb is None or row["callbacks"] == 0 else \
+            f"{(per - base_cb) / row['callbacks'] * 1000:+.0f} ns"
+        if row["callbacks"] == 0:
+            base_cb = per
+        add(f"| {row['callbacks']} | {per:.1f} | {extra} |")
+    add("")
+    rss = scaling["rss_kb_per_epoch"]
+    if rss:
+        marks = sorted({0, 1, len(rss) // 10, len(rss) // 2, len(rss) - 1})
+        add(f"Resident memory at the end of epochs of a {len(rss)}-epoch fit "
+            f"({scaling['memory_steps_per_epoch']} steps each, progress, CSV and TensorBoard writing): "
+            + ", ".join(f"epoch {i + 1}: {rss[i] / 1024:.1f} MiB" for i in marks)
+            + f"; growth from epoch 2 to the last: {(rss[-1] - rss[min(1, len(rss) - 1)]) / 1024:+.2f} MiB; "
+            f"peak {scaling['peak_rss_kb'] / 1024:.1f} MiB.")
+        add("")
+
+    add("## Not measured")
+    add("")
+    add("- CUDA: this machine has no GPU. Nothing in bench/ needs CUDA or breaks a CUDA build (all code runs on "
+        "`torch::kCPU` explicitly); the GPU items of the issue (host–device sync, pinned non-blocking copies, "
+        "overlap with the device) are still to be measured on a machine that has one.")
+    add("- More than one thread: every run here uses "
+        f"{a.threads} (`torch::set_num_threads`, `torch.set_num_threads`, `OMP_NUM_THREADS`); "
+        "`bench/run --threads 2` repeats the whole run with two on an otherwise idle machine.")
+    add("")
+    add("## How to rerun")
+    add("")
+    add("    bench/run                  # build in Release (build-bench/), run everything, rewrite bench/RESULTS.md")
+    add("    bench/run --quick          # the same with tiny settings, a smoke test (build-bench/RESULTS-quick.md)")
+    add("")
+    add("Raw logs of every process are left under `build-bench/bench-work/logs/`.")
+    add("")
+    if failures:
+        add("## FAILED")
+        add("")
+        for f in failures:
+            add(f"- {f}")
+        add("")
+    with open(a.out, "w") as out:
+        out.write("\n".join(lines))
+    return failures
+
+
+def machine_facts(runner, started):
+    def sh(command):
+        return subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True).stdout.strip()
+
+    cores = os.cpu_count()
+    model = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip() or platform.processor()
+    noop = subprocess.run([runner.binary("loop_overhead"), "noop"], stdout=subprocess.PIPE, text=True).stdout
+    torch_cpp = json.loads(noop.split("RESULT ", 1)[1])["torch_version"] if "RESULT " in noop else "?"
+    torch_py = sh(f"{PYTHON} -c 'import torch; print(torch.__version__)'")
+    skorch = sh(f"{PYTHON} -c 'import skorch; print(skorch.__version__)'") or "not installed"
+    libtorch_pkg = sh("dpkg-query -W -f='${Version}' libtorch-dev")
+    blas = sh("readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3") or "?"
+    facts = {
+        "date": started.strftime("%Y-%m-%d %H:%M"),
+        "commit": sh(f"git -C {ROOT} rev-parse --short HEAD") + (" + local changes" if sh(
+            f"git -C {ROOT} status --porcelain --untracked-files=no") else ""),
+        "cores": cores,
+        "machine": [
+            ("CPU", f"{model}, {cores} cores ({platform.machine()}, {sh('. /etc/os-release; echo $PRETTY_NAME')})"),
+            ("LibTorch", f"{torch_cpp} (Debian libtorch-dev {libtorch_pkg}, CPU); Python torch {torch_py} "
+                         f"(Debian python3-torch), skorch {skorch}, Python {platform.python_version()}"),
+            ("threads", f"{runner.args.threads} in every implementation (`torch::set_num_threads` / "
+                        f"`torch.set_num_threads`, and OMP_NUM_THREADS={runner.args.threads})"),
+            ("BLAS", f"`libblas.so.3` → `{blas}`"),
+            ("compiler", sh(f"grep -m1 CMAKE_CXX_COMPILER: {runner.build}/CMakeCache.txt | cut -d= -f2") + " "
+             + sh("g++ -dumpfullversion") + ", " + sh(f"grep -m1 CMAKE_BUILD_TYPE: {runner.build}/CMakeCache.txt "
+                                                        "| cut -d= -f2") + " build"),
+        ],
+    }
+    return facts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workloads", nargs="+", default=["w1", "w2", "w3"])
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of W1 and W2")
+    parser.add_argument("--runs", type=int, default=3, help="trainings per W1/W2 process")
+    parser.add_argument("--repeats-w3", type=int, default=3)
+    parser.add_argument("--runs-w3", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=0, help="override every workload's epochs (smoke runs)")
+    parser.add_argument("--startup-repeats", type=int, default=5)
+    parser.add_argument("--ablation-repeats", type=int, default=15)
+    parser.add_argument("--pipeline-repeats", type=int, default=5)
+    parser.add_argument("--overlap-examples", type=int, default=6400)
+    parser.add_argument("--scaling-repeats", type=int, default=3)
+    parser.add_argument("--scaling-steps", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--callback-steps", type=int, default=10000)
+    parser.add_argument("--memory-epochs", type=int, default=100)
+    parser.add_argument("--profile-runs", type=int, default=8)
+    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--fashion-examples", type=int, default=60000)
+    parser.add_argument("--shared", default="",
+                        help="a sentence about other work on the machine during the run")
+    args = parser.parse_args()
+
+    started = datetime.datetime.now()
+    t0 = time.monotonic()
+    runner = Runner(args)
+    shutil.rmtree(runner.work, ignore_errors=True)
+    os.makedirs(runner.logs)
+    log(f"exporting the workloads' data to {runner.data}")
+    export = subprocess.run([runner.binary("loop_overhead"), "export", "--out", runner.data,
+                             "--fashion-examples", str(args.fashion_examples)], env=runner.env)
+    if export.returncode != 0:
+        sys.exit("bench: export failed")
+    log("start-up alone")
+    startup = measure_startup(runner)
+    samples = measure_workloads(runner)
+    ablation = measure_ablation(runner)
+    pipeline = measure_pipeline(runner)
+    scaling = measure_scaling(runner)
+    profile = {"error": "skipped (--skip-profile)"} if args.skip_profile else measure_profile(runner)
+    facts = machine_facts(runner, started)
+    minutes, seconds = divmod(int(time.monotonic() - t0), 60)
+    facts["duration"] = f"{minutes} min {seconds} s"
+    busy = med(runner.loads) > facts["cores"]
+    facts["shared"] = args.shared or (
+        "the machine was shared with other engineers' builds during the run (load above its core count)"
+        if busy else "the machine was otherwise quiet")
+    failures = write_report(runner, facts, samples, startup, ablation, pipeline, scaling, profile, started)
+    log(f"wrote {args.out} ({facts['duration']})")
+    if failures:
+        for f in failures:
+            print("bench: accuracy diverged: " + f, file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
