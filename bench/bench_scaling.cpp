@@ -50,11 +50,11 @@ tl::data::TensorDataset tiny_data() {
 }
 
 // The hand-written loop of loop_overhead.cpp on the tiny model.
-double hand_written(const tl::data::TensorDataset& data, int64_t epochs) {
+bench::Times hand_written(const tl::data::TensorDataset& data, int64_t epochs) {
   torch::manual_seed(0);
   Tiny net;
   torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.01));
-  const double start = bench::monotonic_seconds();
+  const bench::Stopwatch stopwatch;
   const int64_t n = data.size();
   for (int64_t epoch = 0; epoch < epochs; ++epoch) {
     const auto order = tl::data::epoch_permutation(n, 1, epoch);
@@ -75,20 +75,20 @@ double hand_written(const tl::data::TensorDataset& data, int64_t epochs) {
     (void)loss_sum.item<double>();
     (void)correct.item<double>();
   }
-  return bench::seconds_since(start);
+  return stopwatch.elapsed();
 }
 
 // fit with loss and accuracy and `callbacks`.
-double with_trainloop(const tl::data::TensorDataset& data, int64_t epochs,
+bench::Times with_trainloop(const tl::data::TensorDataset& data, int64_t epochs,
                       std::vector<std::shared_ptr<tl::Callback>> callbacks) {
   torch::manual_seed(0);
   Tiny net;
   torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.01));
-  const double start = bench::monotonic_seconds();
+  const bench::Stopwatch stopwatch;
   tl::TrainingLoop loop(tl::data::Epochs(data, kBatch).seed(1), nullptr, optimizer,
                         tl::losses::cross_entropy, {tl::metrics::accuracy()}, std::move(callbacks));
   loop.fit(net, epochs, torch::kCPU);
-  return bench::seconds_since(start);
+  return stopwatch.elapsed();
 }
 
 // Progress to a file, a CSV row per batch, TensorBoard every 10 steps.
@@ -97,6 +97,16 @@ std::vector<std::shared_ptr<tl::Callback>> usual_callbacks(const std::string& di
   return {tl::callbacks::progress(tl::callbacks::ProgressOptions().stream(progress)),
           tl::callbacks::csv_logger(tl::callbacks::CsvLoggerOptions(dir + "/log.csv").append(false)),
           tl::callbacks::tensorboard(tl::callbacks::TensorBoardOptions().log_dir(dir + "/tensorboard"))};
+}
+
+// `name`: the wall seconds of each run; `name_cpu`: the CPU seconds.
+void add_times(bench::JsonLine& row, const std::string& name, const std::vector<bench::Times>& times) {
+  std::vector<double> wall, cpu;
+  for (const auto& t : times) {
+    wall.push_back(t.wall);
+    cpu.push_back(t.cpu);
+  }
+  row.add(name, wall).add(name + "_cpu", cpu);
 }
 
 std::vector<std::shared_ptr<tl::Callback>> no_ops(int count) {
@@ -132,29 +142,28 @@ int main(int argc, char** argv) {
   std::string steps_json = "[";
   for (size_t s = 0; s < step_counts.size(); ++s) {
     const int64_t epochs = std::max<int64_t>(1, step_counts[s] / kStepsPerEpoch);
-    std::vector<double> hand, bare, usual;
+    std::vector<bench::Times> times[3];
     for (int r = 0; r < repeats; ++r) {
       for (int k = 0; k < 3; ++k) {
         switch ((k + r) % 3) {
-          case 0: hand.push_back(hand_written(data, epochs)); break;
-          case 1: bare.push_back(with_trainloop(data, epochs, {})); break;
+          case 0: times[0].push_back(hand_written(data, epochs)); break;
+          case 1: times[1].push_back(with_trainloop(data, epochs, {})); break;
           default:
-            usual.push_back(with_trainloop(data, epochs, usual_callbacks(log_dir + "/steps", progress)));
+            times[2].push_back(with_trainloop(data, epochs, usual_callbacks(log_dir + "/steps", progress)));
             fs::remove_all(log_dir + "/steps");
         }
       }
     }
-    steps_json += (s ? ", " : "") + bench::JsonLine()
-                                        .add("steps", epochs * kStepsPerEpoch)
-                                        .add("hand", hand)
-                                        .add("fit", bare)
-                                        .add("fit_usual_callbacks", usual)
-                                        .str();
+    bench::JsonLine row;
+    row.add("steps", epochs * kStepsPerEpoch);
+    const char* names[3] = {"hand", "fit", "fit_usual_callbacks"};
+    for (int i = 0; i < 3; ++i) add_times(row, names[i], times[i]);
+    steps_json += (s ? ", " : "") + row.str();
   }
 
   // Callback counts: fit with 0, 5, 20 callbacks that do nothing.
   const std::vector<int> counts{0, 5, 20};
-  std::vector<std::vector<double>> by_count(counts.size());
+  std::vector<std::vector<bench::Times>> by_count(counts.size());
   const int64_t callback_epochs = std::max<int64_t>(1, callback_steps / kStepsPerEpoch);
   for (int r = 0; r < repeats; ++r) {
     for (size_t k = 0; k < counts.size(); ++k) {
@@ -164,11 +173,10 @@ int main(int argc, char** argv) {
   }
   std::string callbacks_json = "[";
   for (size_t c = 0; c < counts.size(); ++c) {
-    callbacks_json += (c ? ", " : "") + bench::JsonLine()
-                                            .add("callbacks", static_cast<int64_t>(counts[c]))
-                                            .add("steps", callback_epochs * kStepsPerEpoch)
-                                            .add("seconds", by_count[c])
-                                            .str();
+    bench::JsonLine row;
+    row.add("callbacks", static_cast<int64_t>(counts[c])).add("steps", callback_epochs * kStepsPerEpoch);
+    add_times(row, "seconds", by_count[c]);
+    callbacks_json += (c ? ", " : "") + row.str();
   }
 
   // Resident memory at every epoch end of a long fit with the usual callbacks.

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -28,6 +29,33 @@ inline double monotonic_seconds() {
 
 /// Seconds since `start` (a `monotonic_seconds()` reading).
 inline double seconds_since(double start) { return monotonic_seconds() - start; }
+
+/// CPU seconds this process has used (all threads, user and system). On a
+/// machine shared with other work, wall time also counts the time others
+/// held the core; for a loop on one thread, CPU time counts only its own
+/// work. Python's time.process_time() reads the same clock.
+inline double cpu_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
+
+/// Wall and CPU seconds of one timed piece of work.
+struct Times {
+  double wall = 0;
+  double cpu = 0;
+};
+
+/// Starts both clocks; `elapsed()` reads both.
+class Stopwatch {
+ public:
+  Stopwatch() : wall_(monotonic_seconds()), cpu_(cpu_seconds()) {}
+  Times elapsed() const { return {monotonic_seconds() - wall_, cpu_seconds() - cpu_}; }
+
+ private:
+  double wall_;
+  double cpu_;
+};
 
 /// A line of /proc/self/status in kB ("VmHWM": peak resident, "VmRSS": now);
 /// -1 where there is no /proc.

@@ -38,7 +38,8 @@ const double kProcessStart = bench::monotonic_seconds();  // before main, after 
 
 /// What one training run measured.
 struct Outcome {
-  double seconds = 0;
+  double seconds = 0;      ///< wall
+  double cpu_seconds = 0;  ///< CPU time of the process
   double test_accuracy = 0;
   double train_loss = 0;
   int64_t steps = 0;
@@ -122,7 +123,7 @@ torch::Tensor order_of(const bench::Spec& spec, const bench::Data& data, int64_t
 template <class Net>
 Outcome hand_written(const bench::Spec& spec, const bench::Data& data, Net net) {
   Outcome outcome;
-  const double start = bench::monotonic_seconds();
+  const bench::Stopwatch stopwatch;
   auto optimizer = bench::make_optimizer(spec, net->parameters());
   const int64_t n = data.train.size();
   const int64_t batch_size = bench::batch_size_of(spec, data);
@@ -175,7 +176,9 @@ Outcome hand_written(const bench::Spec& spec, const bench::Data& data, Net net) 
     if (spec.validate) outcome.test_accuracy = validate();
   }
   if (!spec.validate) outcome.test_accuracy = validate();
-  outcome.seconds = bench::seconds_since(start);
+  const bench::Times times = stopwatch.elapsed();
+  outcome.seconds = times.wall;
+  outcome.cpu_seconds = times.cpu;
   return outcome;
 }
 
@@ -196,7 +199,7 @@ Outcome with_trainloop(const bench::Spec& spec, const bench::Data& data, Net net
   fs::create_directories(log_dir);
   std::FILE* progress_file = std::fopen((log_dir + "/progress.txt").c_str(), "w");
   if (progress_file == nullptr) throw tl::Error(fmt::format("{}: cannot create progress.txt", log_dir));
-  const double start = bench::monotonic_seconds();
+  const bench::Stopwatch stopwatch;
   auto optimizer = bench::make_optimizer(spec, net->parameters());
   std::vector<std::shared_ptr<tl::Callback>> callbacks;
   if (pieces.progress) {
@@ -226,7 +229,9 @@ Outcome with_trainloop(const bench::Spec& spec, const bench::Data& data, Net net
     outcome.test_accuracy = pieces.accuracy ? result.at("accuracy") : std::nan("");
   }
   outcome.steps = loop.state().global_step;
-  outcome.seconds = bench::seconds_since(start);
+  const bench::Times times = stopwatch.elapsed();
+  outcome.seconds = times.wall;
+  outcome.cpu_seconds = times.cpu;
   std::fclose(progress_file);
   return outcome;
 }
@@ -274,7 +279,7 @@ class GivenOrder : public torch::data::samplers::Sampler<> {
 template <class Net>
 Outcome with_torch_data(const bench::Spec& spec, const bench::Data& data, Net net) {
   Outcome outcome;
-  const double start = bench::monotonic_seconds();
+  const bench::Stopwatch stopwatch;
   auto optimizer = bench::make_optimizer(spec, net->parameters());
   const int64_t n = data.train.size();
   auto order = std::make_shared<std::vector<size_t>>(static_cast<size_t>(n));
@@ -323,7 +328,9 @@ Outcome with_torch_data(const bench::Spec& spec, const bench::Data& data, Net ne
     if (spec.validate) outcome.test_accuracy = validate();
   }
   if (!spec.validate) outcome.test_accuracy = validate();
-  outcome.seconds = bench::seconds_since(start);
+  const bench::Times times = stopwatch.elapsed();
+  outcome.seconds = times.wall;
+  outcome.cpu_seconds = times.cpu;
   return outcome;
 }
 
@@ -371,6 +378,7 @@ Outcome run_once(const std::string& impl, const bench::Spec& spec, const bench::
 std::string outcome_json(const Outcome& o) {
   return bench::JsonLine()
       .add("seconds", o.seconds)
+      .add("cpu_seconds", o.cpu_seconds)
       .add("test_accuracy", o.test_accuracy)
       .add("train_loss", o.train_loss)
       .add("steps", o.steps)
@@ -394,11 +402,11 @@ void ablation(const bench::Spec& spec, const bench::Data& data, int repeats, con
       {"plus_csv", Pieces{true, true, true, false}},
       {"plus_tensorboard", Pieces{true, true, true, true}},
   };
-  std::vector<std::vector<double>> seconds(configs.size());
-  std::vector<std::vector<double>> ratios(configs.size());
+  std::vector<std::vector<double>> seconds(configs.size()), cpu(configs.size());
+  std::vector<std::vector<double>> ratios(configs.size()), cpu_ratios(configs.size());
   int64_t steps = 0;
   for (int r = -1; r < repeats; ++r) {  // r = -1: warm-up round, not kept
-    std::vector<double> round(configs.size());
+    std::vector<double> round(configs.size()), round_cpu(configs.size());
     for (size_t k = 0; k < configs.size(); ++k) {
       // Rotate the starting configuration so drift in load hits all alike.
       const size_t c = (k + static_cast<size_t>(std::max(r, 0))) % configs.size();
@@ -408,12 +416,15 @@ void ablation(const bench::Spec& spec, const bench::Data& data, int repeats, con
       });
       fs::remove_all(log_dir);
       round[c] = o.seconds;
+      round_cpu[c] = o.cpu_seconds;
       steps = o.steps;
     }
     if (r < 0) continue;
     for (size_t c = 0; c < configs.size(); ++c) {
       seconds[c].push_back(round[c]);
+      cpu[c].push_back(round_cpu[c]);
       ratios[c].push_back(round[c] / round[0]);
+      cpu_ratios[c].push_back(round_cpu[c] / round_cpu[0]);
     }
   }
   bench::JsonLine result;
@@ -423,7 +434,9 @@ void ablation(const bench::Spec& spec, const bench::Data& data, int repeats, con
     list += (c ? ", " : "") + bench::JsonLine()
                                   .add("name", configs[c].name)
                                   .add("seconds", seconds[c])
+                                  .add("cpu_seconds", cpu[c])
                                   .add("paired_ratios", ratios[c])
+                                  .add("paired_cpu_ratios", cpu_ratios[c])
                                   .str();
   }
   result.raw("configs", list + "]");
