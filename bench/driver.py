@@ -645,7 +645,7 @@ def main():
     parser.add_argument("--workloads", nargs="+", default=["w1", "w2", "w3"])
     parser.add_argument("--repeats", type=int, default=5, help="rounds of W1 and W2")
     parser.add_argument("--runs", type=int, default=3, help="trainings per W1/W2 process")
-    parser.add_argument("--repeats-w3", type=int, default=3)
+    parser.add_argument("--repeats-w3", type=int, default=5)
     parser.add_argument("--runs-w3", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=0, help="override every workload's epochs (smoke runs)")
     parser.add_argument("--startup-repeats", type=int, default=5)
