@@ -83,6 +83,7 @@ class Runner:
                         OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         self.loads = []
         self.count = 0
+        self.pipeline_load = float("nan")
         self.has_skorch = subprocess.run([PYTHON, "-c", "import skorch"], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL).returncode == 0
 
@@ -188,6 +189,7 @@ def measure_ablation(runner):
 def measure_pipeline(runner):
     a = runner.args
     log("data pipeline")
+    runner.pipeline_load = load1()
     cpp = runner.result([runner.binary("bench_pipeline"), "--data", runner.data, "--repeats",
                          str(a.pipeline_repeats), "--threads", str(a.threads),
                          "--overlap-examples", str(a.overlap_examples)], "pipeline")[0]
@@ -494,6 +496,11 @@ def write_report(runner, facts, samples, startup, ablation, pipeline, scaling, p
         th, tt = sum(per["hand"].values()), sum(per["trainloop"].values())
         add(f"| **total** | {th:.1f} | {tt:.1f} | {tt - th:+.1f} ({(tt / th - 1) * 100:+.1f}%) |")
         add("")
+        add("The two profiles come from two processes, one after the other: the lines that do the same work in "
+            "both (optimizer step, backward, forward, loss) differ only by how fast the machine was for each, "
+            "which bounds the noise of the totals; the lines only trainloop has (the callbacks, the dispatch, "
+            "the loop itself) are the signal.")
+        add("")
     with open(os.path.join(HERE, "profile_notes.md")) as notes:
         add(notes.read().strip())
     add("")
@@ -531,13 +538,15 @@ def write_report(runner, facts, samples, startup, ablation, pipeline, scaling, p
     add(f"| `fit` on the transforming source | {s:.3f} | {spread(cpp['serial'])} |")
     add(f"| `fit` on `prefetch(source)` | {p:.3f} | {spread(cpp['prefetched'])} |")
     add("")
-    busy = med(runner.loads) > facts["cores"] - 1
+    cores = med(cpp["prefetched_cores"])
     add(f"The prefetcher hid **{hidden * 100:.0f}%** of the smaller of transform and compute "
         "((serial − prefetched) / min(transform, compute); 100% is a perfect overlap, the prefetched fit then "
-        "taking as long as the larger of the two). The background thread needs a core of its own for that"
-        + (f"; during this run the load average was {med(runner.loads):.1f} on {facts['cores']} cores, so it "
-           "mostly had none, and this number says more about the machine than about the prefetcher."
-           if busy else "."))
+        "taking as long as the larger of the two). That needs a core for the background thread: during the "
+        f"prefetched fits the process used {cores:.2f} cores on average (its CPU time over its wall time, "
+        f"range {spread(cpp['prefetched_cores'])}; 2 means both threads ran at once), with a load average of "
+        f"{runner.pipeline_load:.1f} on {facts['cores']} cores when this part began"
+        + (" — the other core was mostly taken by other work, so this number says more about the machine than "
+           "about the prefetcher." if cores < 1.5 else "."))
     add("")
 
     # Scaling.
