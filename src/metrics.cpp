@@ -54,6 +54,27 @@ torch::Tensor zeros_on(const torch::Tensor& outputs, torch::IntArrayRef sizes,
   return torch::zeros(sizes, torch::TensorOptions().dtype(dtype).device(outputs.device()));
 }
 
+// The helpers below return their input when there is nothing to do. Each
+// ATen call costs about a microsecond on the CPU even when it changes
+// nothing (detach of a tensor without history, reshape to its own shape,
+// to() its own dtype), and on small models those calls were the largest
+// part of what fit costs over a hand-written loop (bench/RESULTS.md).
+torch::Tensor without_history(const torch::Tensor& tensor) {
+  return tensor.requires_grad() ? tensor.detach() : tensor;
+}
+
+torch::Tensor with_shape(const torch::Tensor& tensor, torch::IntArrayRef sizes) {
+  return tensor.sizes() == sizes ? tensor : tensor.reshape(sizes);
+}
+
+torch::Tensor on_device(const torch::Tensor& tensor, const torch::Device& device) {
+  return tensor.device() == device ? tensor : tensor.to(device);
+}
+
+torch::Tensor as_long(const torch::Tensor& tensor) {
+  return tensor.scalar_type() == torch::kLong ? tensor : tensor.to(torch::kLong);
+}
+
 // Class predictions and integer targets of one batch, both [N] int64 on the
 // outputs' device, by the rules documented for metrics::accuracy.
 struct Labels {
@@ -74,14 +95,14 @@ Labels labels_of(const std::string& metric, const torch::Tensor& outputs,
     throw Error(fmt::format("{}: targets {} for outputs {}, expected one class index each, [{}]",
                             metric, shape_of(targets), shape_of(outputs), n));
   }
-  torch::Tensor actual = targets.detach().reshape({n}).to(outputs.device());
+  torch::Tensor actual = on_device(with_shape(without_history(targets), {n}), outputs.device());
   if (binary) {
     // Float 0/1 targets may carry label smoothing (0.05 / 0.95); thresholding at
     // 0.5 reads them as the logits are read at 0, where truncation would not.
     if (actual.is_floating_point()) actual = actual.gt(0.5);
-    return {outputs.detach().reshape({n}).gt(0).to(torch::kLong), actual.to(torch::kLong), 2};
+    return {as_long(with_shape(without_history(outputs), {n}).gt(0)), as_long(actual), 2};
   }
-  return {outputs.detach().argmax(1), actual.to(torch::kLong), outputs.size(1)};
+  return {without_history(outputs).argmax(1), as_long(actual), outputs.size(1)};
 }
 
 // The state every metric below keeps: a count of what was added and, once
@@ -133,7 +154,9 @@ class MeanLoss final : public Metric {
     if (weight == 0) return;
     check_device(name_, sum_, outputs);
     if (!sum_.defined()) sum_ = zeros_on(outputs, {}, torch::kDouble);
-    sum_.add_(loss.detach().reshape({}).to(sum_.device(), torch::kDouble), weight);
+    // add_ converts to the accumulator's double as it adds: the same sum as
+    // a to(kDouble) first, without the extra tensor.
+    sum_.add_(on_device(with_shape(without_history(loss), {}), sum_.device()), weight);
     weight_ += weight;
   }
 

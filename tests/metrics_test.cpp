@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -211,6 +212,34 @@ TEST(MetricsTest, UpdatesKeepNoGradientHistory) {
   metric->update(outputs, labels({0, 1, 2, 0}), loss);
   loss.backward();  // the graph is still the training loop's to use
   EXPECT_NEAR(metric->compute(), loss.item<double>(), 1e-6);
+}
+
+// update() skips the conversions a batch does not need; the ones it does
+// need still happen: a [1] or float64 loss, [N, 1] int32 targets, and a loss
+// that carries gradient history (which must not reach the accumulator).
+TEST(MetricsTest, UpdatesConvertOnlyWhatNeedsIt) {
+  auto loss = metrics::loss();
+  loss->update(torch::zeros({2, 3}), labels({0, 0}), torch::tensor({1.5f}));
+  loss->update(torch::zeros({1, 3}), labels({0}), torch::scalar_tensor(3.0, torch::kDouble));
+  const torch::Tensor weight = torch::tensor(0.25f, torch::requires_grad());
+  loss->update(torch::zeros({1, 3}), labels({0}), weight * 4);
+  EXPECT_DOUBLE_EQ(loss->compute(), (2 * 1.5 + 3.0 + 1.0) / 4);
+  torch::serialize::OutputArchive archive;
+  loss->save(archive);
+  torch::Tensor sum;
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  std::istringstream in(bytes.str());
+  torch::serialize::InputArchive read;
+  read.load_from(in);
+  ASSERT_TRUE(read.try_read("sum", sum, /*is_buffer=*/true));
+  EXPECT_FALSE(sum.requires_grad());
+  EXPECT_EQ(sum.scalar_type(), torch::kDouble);
+
+  auto accuracy = metrics::accuracy();
+  accuracy->update(scores({0.0f, 1.0f, 2.0f, 1.0f, 0.0f, 0.0f}, 2),
+                   torch::tensor({2, 1}, torch::kInt).reshape({2, 1}), kNoLoss);
+  EXPECT_EQ(accuracy->compute(), 0.5);
 }
 
 // A meta tensor has a shape but no values: reading one on the host throws.
