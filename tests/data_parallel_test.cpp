@@ -12,6 +12,7 @@
 #include "../src/distributed/gradient_reducer.h"
 #include "support/ranks.h"
 #include "support/test_support.h"
+#include "trainloop/callbacks/checkpoint.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -335,6 +336,29 @@ TEST(DataParallelFitTest, SourceThatCannotBeShardedSaysSo) {
   });
   EXPECT_THAT(errors[0], HasSubstr("cannot be split among 2 processes (rank 0)"));
   EXPECT_THAT(errors[1], HasSubstr("cannot be split among 2 processes (rank 1)"));
+}
+
+TEST(DataParallelFitTest, CheckpointNeedsTheWorldSizeThatWroteIt) {
+  TempDir dir;
+  const std::string checkpoints = (dir.path / "checkpoints").string();
+  std::vector<Net> nets{make_net(1), make_net(1)};
+  run_ranks(2, [&](std::shared_ptr<distributed::ProcessGroup> group) {
+    const auto rank = static_cast<size_t>(group->rank());
+    torch::optim::SGD optimizer(nets[rank]->parameters(), 0.1);
+    TrainingLoop loop(data::Epochs(training_set(), 16), nullptr, optimizer, losses::cross_entropy,
+                      {}, {callbacks::checkpoint(checkpoints)});
+    loop.handle_signals(false).data_parallel(group);
+    loop.fit(nets[rank], 1);
+  });
+  const auto names = checkpoint_names(checkpoints);
+  ASSERT_EQ(names.size(), 1u);
+  EXPECT_EQ(verify_checkpoint(checkpoints + "/" + names[0]).world_size, 2);
+  Net net = make_net(1);
+  torch::optim::SGD optimizer(net->parameters(), 0.1);
+  TrainingLoop loop(data::Epochs(training_set(), 16), nullptr, optimizer, losses::cross_entropy);
+  EXPECT_THAT([&] { loop.fit(net, 2, torch::kCPU, checkpoints); },
+              ThrowsMessage<Error>(HasSubstr("written by a fit of 2 processes, this one has 1; "
+                                             "resume with WORLD_SIZE=2")));
 }
 
 TEST(DataParallelFitTest, DataIsWholeAgainWithoutAGroup) {
