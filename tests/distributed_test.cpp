@@ -177,8 +177,29 @@ TEST(ProcessGroupTest, RankThatNeverArrivesFailsWithinTheTimeout) {
         distributed::ProcessGroup group(local_environment(0, 2, free_port()),
                                         distributed::Options().timeout(std::chrono::seconds(1)));
       },
-      ThrowsMessage<Error>(HasSubstr("rank 0 of 2")));
+      ThrowsMessage<Error>(HasSubstr("rank 0 of 2 could not connect to every other rank (gloo) "
+                                     "within 1 s (did all 2 start")));
   EXPECT_LT(seconds_since(start), 10.0);
+}
+
+TEST(ProcessGroupTest, PortInUseIsNamed) {
+  const int port = free_port();
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_ANY);
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  EXPECT_THAT(
+      [&] {
+        distributed::ProcessGroup group(local_environment(0, 2, port),
+                                        distributed::Options().timeout(std::chrono::seconds(1)));
+      },
+      ThrowsMessage<Error>(HasSubstr(fmt::format(
+          "rank 0 of 2 could not serve the rendezvous at 127.0.0.1:{} (MASTER_ADDR, MASTER_PORT)",
+          port))));
+  ::close(fd);
 }
 
 TEST(ProcessGroupTest, RejectsAnImpossibleRank) {

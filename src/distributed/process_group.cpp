@@ -146,7 +146,8 @@ c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, const Options
   store_options.port = static_cast<std::uint16_t>(env.port);
   store_options.isServer = env.rank == 0;
   store_options.numWorkers = static_cast<size_t>(env.world_size);
-  store_options.waitWorkers = true;
+  // The backend's own rendezvous waits for every rank, within one timeout.
+  store_options.waitWorkers = false;
   store_options.timeout = options.timeout();
   try {
     return c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
@@ -154,9 +155,8 @@ c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, const Options
     if (env.rank == 0) {
       throw Error(fmt::format(
           "distributed: rank 0 of {} could not serve the rendezvous at {}:{} (MASTER_ADDR, "
-          "MASTER_PORT) or not every rank connected within {}: {}",
-          env.world_size, env.master_addr, env.port, seconds_text(options.timeout()),
-          message_of(e)));
+          "MASTER_PORT): {}",
+          env.world_size, env.master_addr, env.port, message_of(e)));
     }
     throw Error(fmt::format(
         "distributed: rank {} of {} could not reach rank 0 at {}:{} (MASTER_ADDR, MASTER_PORT) "
@@ -234,9 +234,10 @@ ProcessGroup::ProcessGroup(const Environment& environment, const Options& option
     }
   } catch (const std::exception& e) {
     throw Error(fmt::format("distributed: rank {} of {} could not connect to every other rank "
-                            "({}) within {}: {}",
+                            "({}) within {} (did all {} start, with the same MASTER_ADDR and "
+                            "MASTER_PORT?): {}",
                             env.rank, env.world_size, impl_->backend_name,
-                            seconds_text(options.timeout()), message_of(e)));
+                            seconds_text(options.timeout()), env.world_size, message_of(e)));
   }
 }
 
