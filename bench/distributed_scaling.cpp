@@ -4,8 +4,10 @@
 // all-reduce costs: the time ranks spent waiting for it (what backward did
 // not hide), with and without overlap, and one all-reduce of LeNet's
 // gradients alone. A rank's wait is the all-reduce that backward did not hide
-// plus the time it waited for the slower rank: the smaller of the two ranks'
-// waits is the former. The program starts itself once per run (as a worker,
+// plus the time it waited for the other rank to get there; the table shows
+// the less-waiting rank's, and how much more the other waited. (When the
+// slower rank changes from step to step, both include waiting for the other:
+// the all-reduce alone is then the cost of the communication.) The program starts itself once per run (as a worker,
 // the two ranks with torchrun's environment), runs the settings in turn
 // `repeats` times (so a change in the machine's load hits all alike), and
 // prints a Markdown table of the medians.
@@ -61,6 +63,7 @@ int run_worker(const Settings& s) {
   torch::manual_seed(1);
   tl::examples::LeNet model;
   if (s.all_reduce_only) {
+    if (!group) throw tl::Error("--all-reduce-only needs torchrun's environment");
     // One all-reduce of every gradient (one flat buffer, as one bucket),
     // many times: the cost that overlap can hide.
     int64_t numel = 0;
@@ -251,15 +254,23 @@ int main(int argc, char** argv) {
                 "median of %d runs; nproc %ld\n\n",
                 static_cast<long long>(s.images), s.repeats, sysconf(_SC_NPROCESSORS_ONLN));
     std::vector<std::vector<Result>> runs(rows.size());
+    std::vector<double> times;  // of one all-reduce alone, in the same rotation
+    long long numel = 0;
     for (int repeat = 0; repeat < s.repeats; ++repeat) {
       for (size_t i = 0; i < rows.size(); ++i) {
         std::vector<std::string> extra = common;
         extra.insert(extra.end(), rows[i].extra.begin(), rows[i].extra.end());
         runs[i].push_back(parse_result(launch(self, rows[i].processes, extra), rows[i].processes));
       }
+      const std::string alone = launch(self, 2, {"--all-reduce-only", "--threads", "1"});
+      const size_t at = alone.find("all_reduce_ms");
+      if (at == std::string::npos) throw tl::Error("distributed_scaling: no all-reduce time:\n" + alone);
+      double milliseconds = 0;
+      std::sscanf(alone.c_str() + at, "all_reduce_ms %lf %lld", &milliseconds, &numel);
+      times.push_back(milliseconds);
     }
-    std::printf("| setting | images/s | vs 1x1 | steps | all-reduce not hidden, per step | "
-                "waiting for the slower rank, per step | share of step time |\n");
+    std::printf("| setting | images/s | vs 1x1 | steps | blocked in all-reduce, per step | "
+                "the other rank blocked longer by, per step | share of step time |\n");
     std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
     double baseline = 0;
     for (size_t i = 0; i < rows.size(); ++i) {
@@ -274,15 +285,6 @@ int main(int argc, char** argv) {
       std::printf("| %s | %.0f | %.2fx | %lld | %s | %s | %s |\n", rows[i].name.c_str(),
                   r.images_per_s, r.images_per_s / baseline, r.steps, exposed.c_str(), skew.c_str(),
                   share.c_str());
-    }
-    std::vector<double> times;
-    long long numel = 0;
-    for (int repeat = 0; repeat < s.repeats; ++repeat) {
-      const std::string alone = launch(self, 2, {"--all-reduce-only", "--threads", "1"});
-      double milliseconds = 0;
-      std::sscanf(alone.substr(alone.find("all_reduce_ms")).c_str(), "all_reduce_ms %lf %lld",
-                  &milliseconds, &numel);
-      times.push_back(milliseconds);
     }
     std::sort(times.begin(), times.end());
     const double milliseconds = times[times.size() / 2];
