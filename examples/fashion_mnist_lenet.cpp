@@ -35,6 +35,7 @@ struct Flags {
   bool lr_find = false;
   bool resume = false;
   int64_t checkpoint_steps = 0;
+  double dist_timeout = 300;
 };
 
 // Exit code 2 with one line for anything wrong on the command line.
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
   Flags flags;
   CLI::App app("Trains LeNet-5 on Fashion-MNIST with trainloop.", "fashion_mnist_lenet");
   app.add_option("--epochs", flags.epochs, "epochs to train")->check(CLI::Range(int64_t{1}, int64_t{1000}))->capture_default_str();
-  app.add_option("--batch-size", flags.batch_size, "examples per training batch")->check(CLI::Range(int64_t{1}, int64_t{60000}))->capture_default_str();
+  app.add_option("--batch-size", flags.batch_size, "examples per training batch (per process when data-parallel)")->check(CLI::Range(int64_t{1}, int64_t{60000}))->capture_default_str();
   app.add_option("--lr", flags.lr, "SGD learning rate")->check(kPositive)->capture_default_str();
   app.add_option("--momentum", flags.momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0))->capture_default_str();
   app.add_option("--seed", flags.seed, "seed of the initial weights and the batch order")->capture_default_str();
@@ -97,6 +98,9 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint-steps", flags.checkpoint_steps,
                  "also checkpoint every N optimizer steps (0: at epoch ends and every 2 minutes)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
+  app.add_option("--dist-timeout", flags.dist_timeout,
+                 "data-parallel: seconds to wait for the other processes before giving up")
+      ->check(kPositive)->capture_default_str();
   app.add_flag("--lr-find", flags.lr_find,
                "sweep the learning rate, write lr_find.svg under --out, suggest a rate, and exit");
   try {
@@ -122,6 +126,19 @@ int main(int argc, char** argv) {
   if (flags.threads > 0) torch::set_num_threads(flags.threads);
 
   try {
+    // Data-parallel when torchrun (or the same variables set by hand) started
+    // this process: Gloo between CPU processes, NCCL between GPUs.
+    auto group = tl::distributed::init(
+        tl::distributed::Options()
+            .timeout(std::chrono::milliseconds(static_cast<int64_t>(1000 * flags.dist_timeout)))
+            .backend(device.is_cuda() ? tl::distributed::Backend::automatic
+                                      : tl::distributed::Backend::gloo));
+    if (group && group->backend_name() == "nccl") device = group->device();  // cuda:LOCAL_RANK
+    if (group && flags.lr_find) {
+      std::fprintf(stderr, "fashion_mnist_lenet: --lr-find runs in one process, not under torchrun\n");
+      return kUsageError;
+    }
+    const bool rank_zero = !group || group->rank() == 0;
     auto [train, test] = tl::data::fashion_mnist(flags.data_dir);
     torch::manual_seed(flags.seed);
     tl::examples::LeNet model;
@@ -132,7 +149,7 @@ int main(int argc, char** argv) {
     const bool resuming = flags.resume && !tl::checkpoint_names(checkpoints.string()).empty();
     // A fresh run starts a fresh log, and leaves no older checkpoint for a
     // later --resume to pick up by mistake.
-    if (!resuming && !flags.lr_find) fs::remove_all(checkpoints);
+    if (!resuming && !flags.lr_find && rank_zero) fs::remove_all(checkpoints);
     fs::create_directories(out);
     auto checkpoint = tl::callbacks::checkpoint(
         checkpoints.string(), tl::callbacks::CheckpointOptions()
@@ -157,6 +174,7 @@ int main(int argc, char** argv) {
     tl::TrainingLoop loop(tl::data::Epochs(train, flags.batch_size).shuffle(true).seed(flags.seed),
                           tl::data::Batches(test, 1000), optimizer, tl::losses::cross_entropy,
                           {tl::metrics::accuracy(), tl::metrics::top_k_accuracy(5)}, callbacks);
+    loop.data_parallel(group);
     if (flags.lr_find) {
       const auto found = tl::lr_find(loop, model, tl::LrFinderOptions().device(device).svg_path(
                                                       (out / "lr_find.svg").string()));
@@ -166,14 +184,21 @@ int main(int argc, char** argv) {
                   (out / "lr_find.svg").c_str());
       return 0;
     }
-    std::printf("Fashion-MNIST: %lld training and %lld test images; LeNet-5 on %s, LibTorch threads: %d\n",
-                static_cast<long long>(train.size()), static_cast<long long>(test.size()),
-                device.str().c_str(), torch::get_num_threads());
-    std::fflush(stdout);
+    if (rank_zero) {
+      std::printf("Fashion-MNIST: %lld training and %lld test images; LeNet-5 on %s, LibTorch threads: %d%s\n",
+                  static_cast<long long>(train.size()), static_cast<long long>(test.size()),
+                  device.str().c_str(), torch::get_num_threads(),
+                  group ? fmt::format("; data-parallel over {} processes ({})", group->world_size(),
+                                      group->backend_name()).c_str()
+                        : "");
+      std::fflush(stdout);
+    }
     const auto start = std::chrono::steady_clock::now();
     const tl::FitStatus status = resuming ? loop.fit(model, flags.epochs, device, checkpoints.string())
                                           : loop.fit(model, flags.epochs, device);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // The other ranks' results are rank 0's; it alone reports and saves.
+    if (!rank_zero) return status == tl::FitStatus::interrupted ? 128 + loop.state().interrupt_signal : 0;
     if (!loop.state().resumed_from.empty()) {
       std::printf("resumed from %s\n", loop.state().resumed_from.c_str());
     }

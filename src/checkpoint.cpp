@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -154,8 +156,9 @@ void check_unique_keys(const TrainingLoop& loop) {
   }
 }
 
-std::string state_bytes(TrainingLoop& loop) {
-  torch::serialize::OutputArchive state;
+// What differs between the ranks of a data-parallel fit: the random
+// generators and the running training metrics, written into `state`.
+void write_rank_state(TrainingLoop& loop, torch::serialize::OutputArchive& state) {
   torch::serialize::OutputArchive generators;
   generators.write("cpu", at::globalContext().defaultGenerator(torch::kCPU).get_state());
   if (torch::cuda::is_available()) {
@@ -175,6 +178,44 @@ std::string state_bytes(TrainingLoop& loop) {
     metrics.write(fmt::format("m{}", i), metric);
   }
   state.write("metrics", metrics);
+}
+
+std::string rank_state_bytes(TrainingLoop& loop) {
+  torch::serialize::OutputArchive state;
+  write_rank_state(loop, state);
+  return archive_bytes(state);
+}
+
+// Every rank's bytes, on every rank, in rank order (two all-gathers: the
+// lengths, then the bytes padded to the longest).
+std::vector<std::string> gather_bytes(distributed::ProcessGroup& group, const std::string& mine) {
+  const auto lengths = group.all_gather(torch::tensor({static_cast<int64_t>(mine.size())}));
+  int64_t longest = 0;
+  for (const auto& length : lengths) longest = std::max(longest, length.item<int64_t>());
+  torch::Tensor padded = torch::zeros({longest}, torch::kUInt8);
+  std::memcpy(padded.data_ptr<uint8_t>(), mine.data(), mine.size());
+  const auto gathered = group.all_gather(padded);
+  std::vector<std::string> out;
+  for (size_t r = 0; r < gathered.size(); ++r) {
+    const torch::Tensor bytes = gathered[r].cpu().contiguous();
+    out.emplace_back(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
+                     static_cast<size_t>(lengths[r].item<int64_t>()));
+  }
+  return out;
+}
+
+// `other_ranks[r - 1]`: rank r's state (see write_rank_state) in a
+// data-parallel fit, stored as bytes under "rank{r}"; rank 0's (this
+// process's) is at the top, where a fit of one process has it.
+std::string state_bytes(TrainingLoop& loop, const std::vector<std::string>& other_ranks) {
+  torch::serialize::OutputArchive state;
+  write_rank_state(loop, state);
+  for (size_t i = 0; i < other_ranks.size(); ++i) {
+    const std::string& bytes = other_ranks[i];
+    torch::Tensor tensor = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
+    std::memcpy(tensor.data_ptr<uint8_t>(), bytes.data(), bytes.size());
+    state.write(fmt::format("rank{}", i + 1), tensor);
+  }
 
   torch::serialize::OutputArchive callbacks;
   for (const auto& callback : loop.callbacks()) {
@@ -201,6 +242,7 @@ json manifest_json(TrainingLoop& loop, ResumePoint resume, const CheckpointNote&
   manifest["global_step"] = state.global_step;
   manifest["epoch_count"] = state.epoch_count;
   manifest["training_batches"] = state.training_batch_count;
+  manifest["world_size"] = state.world_size;
   json history = json::array();
   for (const auto& epoch : state.history) {
     json values = json::object();
@@ -261,9 +303,10 @@ std::vector<std::string> checkpoint_names(const std::string& directory) {
   return names;
 }
 
-void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
-                     const CheckpointNote& note) {
-  check_unique_keys(loop);
+namespace {
+
+void write_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
+                      const CheckpointNote& note, const std::vector<std::string>& other_ranks) {
   std::map<std::string, std::string> files;
   files[kModelFile] = weights_bytes(loop.model());
   {
@@ -271,7 +314,7 @@ void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint re
     loop.optimizer().save(optimizer);
     files[kOptimizerFile] = archive_bytes(optimizer);
   }
-  files[kStateFile] = state_bytes(loop);
+  files[kStateFile] = state_bytes(loop, other_ranks);
   const std::string manifest = manifest_json(loop, resume, note, files).dump(1);
 
   const fs::path target(path);
@@ -309,6 +352,38 @@ void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint re
   } catch (...) {
     fs::remove_all(temporary, error);
     throw;
+  }
+}
+
+}  // namespace
+
+void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
+                     const CheckpointNote& note) {
+  check_unique_keys(loop);
+  const auto& group = loop.process_group();
+  if (!group || loop.state().world_size <= 1) {
+    write_checkpoint(loop, path, resume, note, {});
+    return;
+  }
+  // Each rank's own generators and running metrics go into the checkpoint,
+  // so that each resumes exactly where it was.
+  std::vector<std::string> ranks = gather_bytes(*group, rank_state_bytes(loop));
+  std::exception_ptr failure;
+  if (loop.state().rank == 0) {
+    try {
+      write_checkpoint(loop, path, resume, note,
+                       std::vector<std::string>(ranks.begin() + 1, ranks.end()));
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  // Doubles as the barrier that keeps every rank here until the checkpoint
+  // is in place, and tells them whether it is.
+  torch::Tensor failed = torch::tensor({failure ? int64_t{1} : int64_t{0}});
+  group->all_reduce(failed, ReduceOp::max);
+  if (failure) std::rethrow_exception(failure);
+  if (failed.item<int64_t>() != 0) {
+    throw Error(fmt::format("{}: rank 0 could not write this checkpoint (its error says why)", path));
   }
 }
 
@@ -416,6 +491,11 @@ Manifest parse_manifest(std::string_view text, const std::string& source) {
   manifest.info.global_step = non_negative(root, "global_step", source);
   manifest.info.training_batches = non_negative(root, "training_batches", source);
   manifest.epoch_count = non_negative(root, "epoch_count", source);
+  // Written by data-parallel fits; older checkpoints are of one process.
+  if (root.contains("world_size")) {
+    manifest.info.world_size = non_negative(root, "world_size", source);
+    if (manifest.info.world_size < 1) bad_field(source, "world_size", "an integer >= 1");
+  }
   if (manifest.info.resume.batch > manifest.info.training_batches) {
     throw Error(fmt::format("{}: field \"resume.batch\" is {}, past the {} training batches",
                             source, manifest.info.resume.batch, manifest.info.training_batches));
@@ -529,11 +609,39 @@ std::optional<LoadedCheckpoint> load_for_resume(const std::string& path) {
                           path, names.size(), first_problem));
 }
 
+namespace {
+
+// Rank r's generators and running metrics (see write_rank_state): rank 0's
+// are at the top of state.pt, the others' in bytes under "rank{r}".
+torch::serialize::InputArchive& rank_state(torch::serialize::InputArchive& top,
+                                           torch::serialize::InputArchive& storage, int64_t rank,
+                                           const torch::Device& device,
+                                           const std::string& state_path) {
+  if (rank == 0) return top;
+  torch::Tensor bytes;
+  if (!top.try_read(fmt::format("rank{}", rank), bytes)) {
+    throw Error(fmt::format("{}: holds no state for rank {}", state_path, rank));
+  }
+  bytes = bytes.cpu().contiguous();
+  storage.load_from(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
+                    static_cast<size_t>(bytes.numel()), device);
+  return storage;
+}
+
+}  // namespace
+
 int64_t restore_loop(TrainingLoop& loop, const LoadedCheckpoint& checkpoint) {
   const Manifest& manifest = checkpoint.manifest;
   const std::string& path = manifest.info.path;
   LoopState& state = loop.state();
 
+  if (manifest.info.world_size != state.world_size) {
+    throw Error(fmt::format("{}: written by a fit of {} process{}, this one has {}; resume with "
+                            "WORLD_SIZE={}",
+                            path, manifest.info.world_size,
+                            manifest.info.world_size == 1 ? "" : "es", state.world_size,
+                            manifest.info.world_size));
+  }
   std::vector<std::string> metrics;
   for (const auto& metric : state.training_metrics) metrics.push_back(metric->name());
   if (metrics != manifest.metrics) {
@@ -575,8 +683,9 @@ int64_t restore_loop(TrainingLoop& loop, const LoadedCheckpoint& checkpoint) {
   const std::string state_path = (fs::path(path) / kStateFile).string();
   try {
     archive.load_from(bytes.data(), bytes.size(), state.device);
+    torch::serialize::InputArchive storage;
     torch::serialize::InputArchive saved_metrics;
-    archive.read("metrics", saved_metrics);
+    rank_state(archive, storage, state.rank, state.device, state_path).read("metrics", saved_metrics);
     for (size_t i = 0; i < state.training_metrics.size(); ++i) {
       torch::serialize::InputArchive metric;
       saved_metrics.read(fmt::format("m{}", i), metric);
@@ -610,15 +719,19 @@ void restore_callbacks(TrainingLoop& loop, const LoadedCheckpoint& checkpoint) {
   torch::serialize::InputArchive archive;
   torch::serialize::InputArchive callbacks;
   torch::serialize::InputArchive generators;
+  torch::serialize::InputArchive storage;
   try {
     archive.load_from(bytes.data(), bytes.size(), torch::kCPU);
     archive.read("callbacks", callbacks);
-    archive.read("generators", generators);
+    rank_state(archive, storage, loop.state().rank, torch::kCPU, state_path)
+        .read("generators", generators);
   } catch (const c10::Error& e) {
     throw Error(fmt::format("{}: cannot read the callbacks' state: {}", state_path,
                             e.what_without_backtrace()));
   }
   for (const auto& callback : loop.callbacks()) {
+    // Not run on this rank at all (see Callback::rank_zero_only).
+    if (callback->rank_zero_only() && loop.state().rank != 0) continue;
     torch::serialize::InputArchive saved;
     if (!callbacks.try_read(archive_key(callback->state_key()), saved)) {
       std::cerr << "trainloop: " << checkpoint.manifest.info.path << " holds no state for callback "

@@ -129,6 +129,23 @@ void load_accumulator(const std::string& metric, torch::serialize::InputArchive&
   sum = has_sum ? saved_sum : torch::Tensor();
 }
 
+// Sums an accumulator (of `shape`, or undefined when nothing was added) and
+// its count over every rank. A rank that has added nothing sends zeros, so
+// every rank sends the same shape; the counts travel in the same tensor, in
+// the accumulator's dtype (int64, or double: exact to 2^53).
+void reduce_accumulator(const ReduceFunction& reduce, torch::Tensor& sum, int64_t& count,
+                        std::vector<int64_t> shape, torch::ScalarType dtype) {
+  int64_t numel = 1;
+  for (const int64_t size : shape) numel *= size;
+  const torch::Tensor local =
+      sum.defined() ? sum.reshape({-1}).to(dtype) : torch::zeros({numel}, torch::dtype(dtype));
+  torch::Tensor packed = torch::cat({local, torch::full({1}, count, local.options())});
+  reduce(packed, ReduceOp::sum);
+  const torch::Tensor total = packed.narrow(0, numel, 1).to(torch::kCPU, torch::kDouble);
+  count = static_cast<int64_t>(total.item<double>());
+  sum = count > 0 ? packed.narrow(0, 0, numel).reshape(shape).clone() : torch::Tensor();
+}
+
 // Batch loss weighted by examples ("loss") or by target elements
 // ("perplexity", which then takes exp of the mean).
 class MeanLoss final : public Metric {
@@ -176,6 +193,9 @@ class MeanLoss final : public Metric {
   void load(torch::serialize::InputArchive& archive) override {
     load_accumulator(name_, archive, sum_, weight_);
   }
+  void all_reduce(const ReduceFunction& reduce) override {
+    reduce_accumulator(reduce, sum_, weight_, {}, torch::kDouble);
+  }
 
  private:
   std::string name_;
@@ -216,6 +236,9 @@ class Accuracy final : public Metric {
   }
   void load(torch::serialize::InputArchive& archive) override {
     load_accumulator(name(), archive, correct_, total_);
+  }
+  void all_reduce(const ReduceFunction& reduce) override {
+    reduce_accumulator(reduce, correct_, total_, {}, torch::kLong);
   }
 
  private:
@@ -283,6 +306,9 @@ class TopKAccuracy final : public Metric {
   }
   void load(torch::serialize::InputArchive& archive) override {
     load_accumulator(name_, archive, correct_, total_);
+  }
+  void all_reduce(const ReduceFunction& reduce) override {
+    reduce_accumulator(reduce, correct_, total_, {}, torch::kLong);
   }
 
  private:
@@ -379,6 +405,18 @@ class MatthewsCorrelation final : public Metric {
     }
     num_classes_ = confusion_.defined() ? confusion_.size(0) : 0;
   }
+  void all_reduce(const ReduceFunction& reduce) override {
+    // A rank that has seen no batch does not know the class count yet.
+    torch::Tensor classes = torch::full({1}, num_classes_, torch::kLong);
+    reduce(classes, ReduceOp::max);
+    const int64_t c = classes.item<int64_t>();
+    if (c == 0) return;  // no rank has seen a batch
+    if (num_classes_ != 0 && num_classes_ != c) {
+      throw Error(fmt::format("{}: {} classes on this rank, {} on another", name(), num_classes_, c));
+    }
+    reduce_accumulator(reduce, confusion_, total_, {c, c}, torch::kDouble);
+    num_classes_ = total_ > 0 ? c : 0;
+  }
 
  private:
   torch::Tensor confusion_;  // [C, C] double, rows true class, columns predicted
@@ -396,6 +434,12 @@ void Metric::save(torch::serialize::OutputArchive& /*archive*/) const {
 
 void Metric::load(torch::serialize::InputArchive& /*archive*/) {
   throw Error(fmt::format("metric {}: load() is not implemented", name()));
+}
+
+void Metric::all_reduce(const ReduceFunction& /*reduce*/) {
+  throw Error(fmt::format("metric {}: all_reduce() is not implemented, so a data-parallel fit "
+                          "cannot combine its value across processes (override all_reduce)",
+                          name()));
 }
 
 namespace metrics {

@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "checkpoint_restore.h"
+#include "distributed/data_parallel.h"
+#include "distributed/gradient_reducer.h"
 #include "signals.h"
 #include "trainloop/error.h"
 
@@ -40,6 +42,27 @@ void default_step(LoopState& state, const Model& model, const LossFunction& loss
   state.outputs = model.forward(state.inputs);
   if (state.targets.defined()) state.loss = loss(state.outputs, state.targets);
 }
+
+// What travels with the gradients in a data-parallel fit, summed over the
+// ranks: how many have a SIGINT pending, and how many a SIGTERM.
+constexpr int64_t kControlValues = 2;
+
+std::vector<double> signal_control(bool handle_signals) {
+  const int pending = handle_signals ? detail::SignalGuard::pending() : 0;
+  return {pending == SIGINT ? 1.0 : 0.0, pending == SIGTERM ? 1.0 : 0.0};
+}
+
+int agreed_signal(const std::vector<double>& summed) {
+  if (summed[0] > 0) return SIGINT;
+  if (summed[1] > 0) return SIGTERM;
+  return 0;
+}
+
+// Drops the gradient hooks when a fit ends, however it ends.
+struct ReleaseAtExit {
+  std::shared_ptr<detail::GradientReducer>& reducer;
+  ~ReleaseAtExit() { reducer.reset(); }
+};
 
 }  // namespace
 
@@ -108,10 +131,70 @@ TrainingLoop& TrainingLoop::handle_signals(bool on) {
   return *this;
 }
 
-void TrainingLoop::poll_interrupt() {
-  if (handle_signals_ && state_.interrupt_signal == 0) {
-    state_.interrupt_signal = detail::SignalGuard::pending();
+TrainingLoop& TrainingLoop::data_parallel(std::shared_ptr<distributed::ProcessGroup> group,
+                                          distributed::DataParallelOptions options) {
+  if (options.bucket_bytes() < 1) {
+    throw Error(fmt::format("TrainingLoop::data_parallel: bucket_bytes is {}, expected >= 1",
+                            options.bucket_bytes()));
   }
+  group_ = std::move(group);
+  parallel_options_ = options;
+  return *this;
+}
+
+void TrainingLoop::poll_interrupt() {
+  if (!handle_signals_ || state_.interrupt_signal != 0) return;
+  // Data-parallel, what the ranks agreed at this update's gradient
+  // reduction, so that every rank stops after the same update.
+  state_.interrupt_signal = reducer_ ? agreed_signal_ : detail::SignalGuard::pending();
+}
+
+void TrainingLoop::poll_interrupt_at_epoch_end() {
+  if (!reducer_) {
+    poll_interrupt();
+    return;
+  }
+  if (!handle_signals_ || state_.interrupt_signal != 0) return;
+  const std::vector<double> local = signal_control(handle_signals_);
+  torch::Tensor summed = torch::tensor(local, torch::kDouble);
+  group_->all_reduce(summed);
+  state_.interrupt_signal =
+      agreed_signal({summed[0].item<double>(), summed[1].item<double>()});
+}
+
+void TrainingLoop::shard(const data::DataSource& source, bool pad) {
+  source->shard(state_.rank, state_.world_size, pad);
+  for (const auto& known : sharded_) {
+    if (&*known == &*source) return;
+  }
+  sharded_.push_back(source);
+}
+
+void TrainingLoop::unshard(const data::DataSource& source) {
+  for (auto known = sharded_.begin(); known != sharded_.end(); ++known) {
+    if (&**known == &*source) {
+      source->shard(0, 1, false);
+      sharded_.erase(known);
+      return;
+    }
+  }
+}
+
+void TrainingLoop::start_data_parallel_fit(bool resumed) {
+  const std::vector<torch::Tensor> parameters = model_->parameters();
+  int64_t elements = 0;
+  for (const auto& parameter : parameters) elements += parameter.numel();
+  // Ranks that resume from different checkpoints, or train different
+  // models, would exchange garbage: say so at once, on every rank.
+  detail::check_same_on_every_rank(
+      *group_, {{"resumed global steps (-1: a fresh fit)", resumed ? state_.global_step : -1},
+                {"resumed batches (-1: a fresh fit)", resumed ? resume_batch_ : -1},
+                {"model parameter counts", static_cast<int64_t>(parameters.size())},
+                {"model parameter elements", elements}});
+  detail::broadcast_model(*group_, *model_);
+  reducer_ = std::make_shared<detail::GradientReducer>(group_, parameters, parallel_options_,
+                                                       kControlValues);
+  agreed_signal_ = 0;
 }
 
 void TrainingLoop::emit(Event event) {
@@ -123,6 +206,7 @@ void TrainingLoop::emit(Event event) {
   std::exception_ptr failure;
   int cancel_level = 0;
   for (const auto& callback : callbacks_) {
+    if (state_.rank != 0 && callback->rank_zero_only()) continue;
     try {
       try {
         callback->on_event(event, *this);
@@ -178,6 +262,13 @@ void TrainingLoop::begin_run(const Model& model, torch::Device device) {
   model_->to(device);
   state_.device = device;
   state_.inputs = state_.targets = state_.outputs = state_.loss = torch::Tensor();
+  const bool parallel = data_parallel_run();
+  state_.rank = parallel ? group_->rank() : 0;
+  state_.world_size = parallel ? group_->world_size() : 1;
+  if (!parallel) {
+    // Data sharded by an earlier data-parallel run is whole again.
+    while (!sharded_.empty()) unshard(sharded_.back());
+  }
 }
 
 FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device) {
@@ -196,6 +287,11 @@ FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device,
   state_.resumed_from.clear();
   state_.history.clear();
   resume_batch_ = 0;
+  if (data_parallel_run()) {
+    shard(training_, /*pad=*/true);
+    if (validation_) shard(validation_, /*pad=*/false);
+    detail::check_reducible(state_.training_metrics);
+  }
   // Everything that can fail about a checkpoint fails here, before fit_start
   // and before any training time is spent.
   std::optional<detail::LoadedCheckpoint> checkpoint;
@@ -203,6 +299,8 @@ FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device,
     checkpoint = detail::load_for_resume(resume_from);
     if (checkpoint) resume_batch_ = detail::restore_loop(*this, *checkpoint);
   }
+  const ReleaseAtExit release{reducer_};
+  if (data_parallel_run()) start_data_parallel_fit(checkpoint.has_value());
   std::optional<detail::SignalGuard> signals;
   if (handle_signals_) signals.emplace();
   bool cancelled = false;
@@ -214,7 +312,7 @@ FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device,
       // a signal that came while validating, the interrupt.
       phase(Event::epoch_start, Event::epoch_end, kEpochLevel, [&] { run_epoch(); }, [&] {
         record_history();
-        poll_interrupt();
+        poll_interrupt_at_epoch_end();
       });
       if (state_.stop_requested || state_.interrupt_signal != 0) throw CancelFit();
     }
@@ -249,6 +347,12 @@ void TrainingLoop::run_pass(data::BatchSource& source, Phase phase_kind) {
   source.start_epoch(state_.epoch);
   state_.batch_count = source.batch_count();
   if (training) state_.training_batch_count = state_.batch_count;
+  if (training && reducer_) {
+    // Each batch is one collective: a rank with fewer would leave the
+    // others waiting.
+    detail::check_same_on_every_rank(
+        *group_, {{fmt::format("training batches in epoch {}", state_.epoch), state_.batch_count}});
+  }
   if (first_batch > state_.batch_count) {
     throw Error(fmt::format("TrainingLoop: resuming at training batch {} of epoch {}, but the "
                             "training data has {} batches",
@@ -262,12 +366,20 @@ void TrainingLoop::run_pass(data::BatchSource& source, Phase phase_kind) {
   if (!training) no_grad.emplace();
   const Event start = training ? Event::training_start : Event::validation_start;
   const Event end = training ? Event::training_end : Event::validation_end;
-  phase(start, end, kSwallowNone, [&] {
-    for (state_.batch = first_batch; state_.batch < state_.batch_count; ++state_.batch) {
-      run_batch(source.batch(state_.batch));
-      if (state_.stop_requested || state_.interrupt_signal != 0) throw CancelFit();
-    }
-  });
+  phase(
+      start, end, kSwallowNone,
+      [&] {
+        for (state_.batch = first_batch; state_.batch < state_.batch_count; ++state_.batch) {
+          run_batch(source.batch(state_.batch));
+          if (state_.stop_requested || state_.interrupt_signal != 0) throw CancelFit();
+        }
+      },
+      [&] {
+        // The end event and everything after see the values over all ranks.
+        if (data_parallel_run() && phase_kind != Phase::prediction) {
+          detail::reduce_metrics(*group_, state_.phase_metrics());
+        }
+      });
 }
 
 void TrainingLoop::run_batch(const data::Batch& batch) {
@@ -295,12 +407,19 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
     const int64_t group_start = state_.batch - state_.batch % accumulation_;
     const int64_t group_size = std::min(accumulation_, state_.batch_count - group_start);
     if (state_.batch == group_start) optimizer_.zero_grad();
+    const bool updates = state_.batch + 1 == group_start + group_size;
+    // Data-parallel, only the backward before an update is reduced; its hooks
+    // start all-reducing while it runs.
+    if (reducer_ && updates) {
+      reducer_->prepare(/*fresh=*/state_.batch == group_start, signal_control(handle_signals_));
+    }
     if (group_size == 1) {
       state_.loss.backward();
     } else {
       (state_.loss / static_cast<double>(group_size)).backward();
-      if (state_.batch + 1 < group_start + group_size) return;
+      if (!updates) return;
     }
+    if (reducer_) agreed_signal_ = agreed_signal(reducer_->finish());
     emit(Event::update_start);
     optimizer_.step();
     ++state_.global_step;
@@ -314,6 +433,7 @@ std::map<std::string, double> TrainingLoop::evaluate(Model model, data::DataSour
                                                      torch::Device device) {
   if (!data) throw Error("TrainingLoop::evaluate: no data");
   begin_run(model, device);
+  if (data_parallel_run()) shard(data, /*pad=*/false);
   try {
     run_pass(*data, Phase::evaluation);
   } catch (const Cancel&) {
@@ -327,6 +447,8 @@ std::map<std::string, double> TrainingLoop::evaluate(Model model, data::DataSour
 torch::Tensor TrainingLoop::predict(Model model, data::DataSource data, torch::Device device) {
   if (!data) throw Error("TrainingLoop::predict: no data");
   begin_run(model, device);
+  // Every rank predicts all of it, even data an earlier run sharded.
+  unshard(data);
   predictions_.clear();
   try {
     run_pass(*data, Phase::prediction);

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "trainloop/data/tensor_dataset.h"
@@ -165,6 +166,78 @@ TEST(EpochsTest, ShuffledBatchNeedsStartEpoch) {
   epochs.seed(5);  // a new seed invalidates the drawn order
   EXPECT_THAT([&] { epochs.batch(0); },
               ThrowsMessage<Error>(HasSubstr("before start_epoch()")));
+}
+
+// Rank r's examples as DistributedSampler picks them: positions r, r + w,
+// r + 2w, ... of the order, padded (when asked) by wrapping around to its start.
+std::vector<int64_t> expected_shard(const std::vector<int64_t>& order, int64_t rank,
+                                    int64_t world, bool pad) {
+  const auto n = static_cast<int64_t>(order.size());
+  const int64_t total = pad ? (n + world - 1) / world * world : n;
+  std::vector<int64_t> shard;
+  for (int64_t i = rank; i < total; i += world) shard.push_back(order[static_cast<size_t>(i % n)]);
+  return shard;
+}
+
+TEST(EpochsTest, PaddedShardsSplitTheEpochsPermutation) {
+  for (const int64_t world : {2, 3, 4}) {
+    std::vector<int64_t> all;
+    for (int64_t rank = 0; rank < world; ++rank) {
+      Epochs epochs(paired(10), 3);
+      epochs.seed(7).shard(rank, world, /*pad=*/true);
+      const auto order = to_vector(epoch_permutation(10, 7, 2));
+      const auto seen = epoch_inputs(epochs, 2);
+      EXPECT_EQ(seen, expected_shard(order, rank, world, true)) << rank << " of " << world;
+      EXPECT_EQ(epochs.example_count(), (10 + world - 1) / world);
+      all.insert(all.end(), seen.begin(), seen.end());
+    }
+    // Every example is there; the padding repeats the first few of the order.
+    std::sort(all.begin(), all.end());
+    all.erase(std::unique(all.begin(), all.end()), all.end());
+    EXPECT_EQ(all, iota(10)) << world << " ranks";
+  }
+}
+
+TEST(EpochsTest, UnpaddedShardsHoldEachExampleOnce) {
+  std::vector<int64_t> all;
+  std::vector<int64_t> sizes;
+  for (int64_t rank = 0; rank < 3; ++rank) {
+    Batches batches(paired(10), 4);
+    batches.shard(rank, 3, /*pad=*/false);
+    const auto seen = epoch_inputs(batches, 0);
+    EXPECT_EQ(seen, expected_shard(iota(10), rank, 3, false)) << "rank " << rank;
+    sizes.push_back(batches.example_count());
+    all.insert(all.end(), seen.begin(), seen.end());
+  }
+  EXPECT_EQ(sizes, (std::vector<int64_t>{4, 3, 3}));
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, iota(10));
+}
+
+TEST(EpochsTest, ShardOfMoreRanksThanExamplesMayBeEmpty) {
+  Batches batches(paired(2), 4);
+  batches.shard(2, 3, /*pad=*/false);
+  batches.start_epoch(0);
+  EXPECT_EQ(batches.batch_count(), 0);
+  Epochs padded(paired(2), 4);
+  padded.shard(2, 3, /*pad=*/true);
+  EXPECT_EQ(epoch_inputs(padded, 0), expected_shard(to_vector(epoch_permutation(2, 0, 0)), 2, 3, true));
+}
+
+TEST(EpochsTest, ShardZeroOfOneIsTheWholeData) {
+  Epochs epochs(paired(10), 4);
+  epochs.shard(1, 2, true);
+  epochs.shard(0, 1, false);
+  EXPECT_EQ(epochs.batch_count(), 3);
+  EXPECT_EQ(epoch_inputs(epochs, 1), to_vector(epoch_permutation(10, 0, 1)));
+}
+
+TEST(EpochsTest, RejectsImpossibleShards) {
+  Epochs epochs(paired(10), 4);
+  EXPECT_THAT([&] { epochs.shard(2, 2, true); },
+              ThrowsMessage<Error>(HasSubstr("Epochs: shard 2 of 2, expected a rank from 0 to 1")));
+  EXPECT_THAT([&] { epochs.shard(0, 0, true); },
+              ThrowsMessage<Error>(HasSubstr("Epochs: shard 0 of 0")));
 }
 
 TEST(EpochsTest, DatasetRejectsMismatchedCounts) {

@@ -49,6 +49,12 @@ class Callback {
   virtual int order() const { return 0; }
   /// The order of callbacks that must see each event after all others.
   static constexpr int kRunLast = 1000;
+  /// Whether, in a data-parallel fit, only the process of rank 0 runs this
+  /// callback (default false: every process does). The callbacks that write
+  /// files or print — progress, CSV log, TensorBoard, plot — say true, so
+  /// one copy of each is written; on the other ranks they see no event and
+  /// load no checkpoint state.
+  virtual bool rank_zero_only() const { return false; }
 };
 
 /// A callback made of one function, for one-off customization.

@@ -31,8 +31,11 @@ struct CheckpointInfo {
   ResumePoint resume;
   /// Optimizer updates done when it was taken.
   int64_t global_step = 0;
-  /// Training batches per epoch of the fit that wrote it.
+  /// Training batches per epoch of the fit that wrote it (per rank).
   int64_t training_batches = 0;
+  /// Processes of the data-parallel fit that wrote it (1: one process). A
+  /// resume needs as many.
+  int64_t world_size = 1;
   /// The monitored metric's name and value, when the writer gave them.
   std::string monitor;
   std::optional<double> monitor_value;
@@ -54,7 +57,11 @@ struct CheckpointNote {
 /// fsynced, and it is renamed into place (replacing an older `path`), so a
 /// run killed at any moment leaves either the old checkpoint or the new one.
 /// Call it while the loop runs a fit, between batches. Throws `Error` naming
-/// the file that could not be written.
+/// the file that could not be written. In a data-parallel fit every rank
+/// calls it at the same point: each rank's random generators and running
+/// metrics are gathered into `state.pt` (so each resumes exactly), rank 0
+/// alone writes, and no rank returns before the checkpoint is in place (each
+/// throws `Error` if rank 0 failed).
 void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
                      const CheckpointNote& note = {});
 

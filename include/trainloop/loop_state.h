@@ -37,6 +37,10 @@ struct LoopState {
   Phase phase = Phase::training;
   /// The device the model runs on.
   torch::Device device = torch::kCPU;
+  /// This process's rank among the `world_size` processes of a data-parallel
+  /// fit (see `TrainingLoop::data_parallel`); 0 and 1 for one process.
+  int64_t rank = 0;
+  int64_t world_size = 1;
 
   /// The current batch (on `device`), the model's outputs and the mean loss.
   torch::Tensor inputs;
@@ -73,6 +77,10 @@ struct LoopState {
   /// The value of a metric by log name: "loss", "accuracy", "val_loss", …
   /// Reads the device (a sync): call it when a number is needed, not per batch.
   /// NaN when the phase has not run yet. Throws `Error` for an unknown name.
+  /// In a data-parallel fit, from a phase's end on (training_end,
+  /// validation_end, epoch_end, the history) the values are those over every
+  /// process's batches, the same on each; during a phase (batch_end) they are
+  /// this process's running values.
   double metric(const std::string& name) const;
   /// All metric names: training ones, then validation ones with "val_".
   std::vector<std::string> metric_names() const;

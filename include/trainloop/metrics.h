@@ -5,6 +5,8 @@
 #include <memory>
 #include <string>
 
+#include "trainloop/reduce_op.h"
+
 namespace trainloop {
 
 /// A streaming metric: `update` accumulates tensors on the outputs' device
@@ -31,6 +33,14 @@ class Metric {
   virtual void save(torch::serialize::OutputArchive& archive) const;
   /// Replaces the accumulated state with what `save` wrote.
   virtual void load(torch::serialize::InputArchive& archive);
+  /// Combines what every process of a data-parallel fit accumulated, so
+  /// that afterwards `compute` on any of them gives the value over all their
+  /// batches: sums the state tensors and counts with `reduce` (every process
+  /// calls it in the same order with tensors of the same shapes, also one
+  /// that has accumulated nothing). The loop calls it at the end of each
+  /// phase. The built-in metrics implement it; the default throws `Error`
+  /// naming the metric, and a data-parallel fit checks that at its start.
+  virtual void all_reduce(const ReduceFunction& reduce);
 };
 
 namespace metrics {

@@ -11,6 +11,7 @@
 
 #include "trainloop/callback.h"
 #include "trainloop/data/epochs.h"
+#include "trainloop/distributed.h"
 #include "trainloop/event.h"
 #include "trainloop/loop_state.h"
 #include "trainloop/losses.h"
@@ -18,6 +19,10 @@
 #include "trainloop/model.h"
 
 namespace trainloop {
+
+namespace detail {
+class GradientReducer;
+}
 
 /// How a fit ended.
 enum class FitStatus {
@@ -114,6 +119,31 @@ class TrainingLoop {
   /// `FitStatus::interrupted`. A second signal ends the process at once.
   /// The previous handlers are back when `fit` returns.
   TrainingLoop& handle_signals(bool on);
+  /// Makes `fit` and `evaluate` data-parallel over `group` (from
+  /// `distributed::init`; null, the default: one process), as PyTorch's
+  /// DistributedDataParallel with a DistributedSampler. At each fit's start
+  /// (after a resume's restore) rank 0's parameters and buffers are
+  /// broadcast to every rank. Each rank trains on its shard of every epoch
+  /// (`BatchSource::shard`: training padded to equal length, validation and
+  /// evaluation not, so every example counts once). After backward the
+  /// gradients are averaged across ranks in buckets that are all-reduced
+  /// while backward goes on (see `DataParallelOptions`) — with
+  /// `accumulate_gradients(n)` only before each update — so update_start sees
+  /// the averaged gradients and every rank makes the same update: with a
+  /// mean loss, that of one process on the union of the ranks' batches.
+  /// Metrics are combined (`Metric::all_reduce`) at the end of each phase,
+  /// so epoch values and the history are the same on every rank. Callbacks
+  /// that write (`Callback::rank_zero_only`) run on rank 0 alone;
+  /// checkpoints are written by rank 0 while the others wait, and a resume
+  /// needs the world size that wrote it. A SIGINT or SIGTERM on any rank
+  /// stops every rank at the same update. Callbacks that cancel or stop must
+  /// decide alike on every rank (from epoch metrics, as early stopping
+  /// does); a rank that stops alone makes the others fail with `Error`
+  /// within the group's timeout. `predict` is not sharded.
+  TrainingLoop& data_parallel(std::shared_ptr<distributed::ProcessGroup> group,
+                              distributed::DataParallelOptions options = {});
+  /// The group given to `data_parallel`, or null.
+  const std::shared_ptr<distributed::ProcessGroup>& process_group() const { return group_; }
 
  private:
   void emit(Event event);
@@ -127,8 +157,13 @@ class TrainingLoop {
   void phase(Event start, Event end, int cancel_level, Body&& body, Finish&& finish);
   void record_history();
   void begin_run(const Model& model, torch::Device device);
+  bool data_parallel_run() const { return group_ != nullptr && group_->world_size() > 1; }
+  void shard(const data::DataSource& source, bool pad);
+  void unshard(const data::DataSource& source);
+  void start_data_parallel_fit(bool resumed);
   void sort_callbacks();
   void poll_interrupt();
+  void poll_interrupt_at_epoch_end();
   void run_epoch();
   void run_pass(data::BatchSource& source, Phase phase);
   void run_batch(const data::Batch& batch);
@@ -146,6 +181,15 @@ class TrainingLoop {
   LoopState state_;
   std::optional<Model> model_;
   std::vector<torch::Tensor> predictions_;
+  std::shared_ptr<distributed::ProcessGroup> group_;
+  distributed::DataParallelOptions parallel_options_;
+  // Averages gradients during a data-parallel fit; null otherwise.
+  std::shared_ptr<detail::GradientReducer> reducer_;
+  // The signal the ranks agreed on at the last gradient reduction, or 0.
+  int agreed_signal_ = 0;
+  // Sources last sharded across the group, to be made whole again after a
+  // data_parallel(nullptr).
+  std::vector<data::DataSource> sharded_;
 };
 
 }  // namespace trainloop

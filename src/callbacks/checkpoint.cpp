@@ -56,7 +56,14 @@ void CheckpointCallback::on_event(Event event, TrainingLoop& loop) {
           options_.every_n_steps() > 0 && state.global_step % options_.every_n_steps() == 0;
       const std::chrono::duration<double, std::ratio<60>> waited =
           std::chrono::steady_clock::now() - last_time_;
-      const bool time_due = options_.every_n_minutes() > 0 && waited.count() >= options_.every_n_minutes();
+      bool time_due = options_.every_n_minutes() > 0 && waited.count() >= options_.every_n_minutes();
+      if (options_.every_n_minutes() > 0 && state.world_size > 1) {
+        // Clocks differ between ranks, and all must save at the same step
+        // (saving is collective): rank 0's clock decides.
+        torch::Tensor due = torch::tensor({time_due ? int64_t{1} : int64_t{0}});
+        loop.process_group()->broadcast(due, 0);
+        time_due = due.item<int64_t>() != 0;
+      }
       if (interrupted || steps_due || time_due) write(loop, {state.epoch, state.batch + 1}, false);
       return;
     }
@@ -82,6 +89,20 @@ void CheckpointCallback::on_event(Event event, TrainingLoop& loop) {
 
 void CheckpointCallback::start(TrainingLoop& loop) {
   const LoopState& state = loop.state();
+  // In a data-parallel fit rank 0 alone writes into the directory.
+  if (state.rank == 0) prepare_directory();
+  if (!options_.monitor().empty()) detail::check_monitor(kKey, state, options_.monitor());
+  const bool inside_epochs = options_.every_n_steps() > 0 || options_.every_n_minutes() > 0 ||
+                             options_.on_interrupt();
+  trainloop::detail::check_checkpointable(loop, inside_epochs);
+  // A resumed fit gets these back from load(), which runs after fit_start.
+  best_value_ = detail::worst_value(options_.mode());
+  best_path_.clear();
+  last_step_seen_ = state.global_step;
+  last_time_ = std::chrono::steady_clock::now();
+}
+
+void CheckpointCallback::prepare_directory() {
   std::error_code error;
   fs::create_directories(directory_, error);
   if (error) {
@@ -101,15 +122,6 @@ void CheckpointCallback::start(TrainingLoop& loop) {
     const std::string name = entry.path().filename().string();
     if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) fs::remove_all(entry.path(), error);
   }
-  if (!options_.monitor().empty()) detail::check_monitor(kKey, state, options_.monitor());
-  const bool inside_epochs = options_.every_n_steps() > 0 || options_.every_n_minutes() > 0 ||
-                             options_.on_interrupt();
-  trainloop::detail::check_checkpointable(loop, inside_epochs);
-  // A resumed fit gets these back from load(), which runs after fit_start.
-  best_value_ = detail::worst_value(options_.mode());
-  best_path_.clear();
-  last_step_seen_ = state.global_step;
-  last_time_ = std::chrono::steady_clock::now();
 }
 
 void CheckpointCallback::write(TrainingLoop& loop, ResumePoint resume, bool best) {
@@ -127,7 +139,7 @@ void CheckpointCallback::write(TrainingLoop& loop, ResumePoint resume, bool best
   last_write_seconds_ = std::chrono::duration<double>(last_time_ - started).count();
   last_path_ = path;
   ++write_count_;
-  prune();
+  if (loop.state().rank == 0) prune();
 }
 
 void CheckpointCallback::prune() {

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -87,6 +88,7 @@ class CsvLogger : public Callback {
   }
 
   std::string state_key() const override { return "csv_logger"; }
+  bool rank_zero_only() const override { return true; }
 
   void on_event(Event event, TrainingLoop& loop) override {
     if (event == Event::fit_start) {
@@ -109,8 +111,11 @@ class CsvLogger : public Callback {
         ++batches_ended_;
         if (options_.per_epoch()) return;
         // Integer checks only: a row that is not due must not read the metrics.
-        if ((state.batch + 1) % options_.every_n_batches() == 0 ||
-            state.batch + 1 >= state.batch_count) {
+        if (state.batch + 1 >= state.batch_count) {
+          // In a data-parallel fit the phase's last row waits for its end,
+          // where the metrics are those of every rank.
+          if (state.world_size == 1) write_row(state, state.batch + 1);
+        } else if ((state.batch + 1) % options_.every_n_batches() == 0) {
           write_row(state, state.batch + 1);
         }
         return;
@@ -120,8 +125,9 @@ class CsvLogger : public Callback {
         if (options_.per_epoch()) {
           write_row(state, batches_ended_);
         } else if (batches_ended_ > last_written_) {
-          // A cancelled phase's last batch is its last row too.
-          write_row(state, state.batch + 1);
+          // A cancelled phase's last batch is its last row too; a finished
+          // one's loop index has moved past the last batch.
+          write_row(state, std::min(state.batch + 1, state.batch_count));
         }
         return;
       case Event::epoch_end:

@@ -126,6 +126,7 @@ class Plot : public Callback {
   }
 
   std::string state_key() const override { return "plot"; }
+  bool rank_zero_only() const override { return true; }
 
  private:
   PlotOptions options_;

@@ -130,6 +130,7 @@ class Progress : public Callback {
   }
 
   std::string state_key() const override { return "progress"; }
+  bool rank_zero_only() const override { return true; }
 
   void on_event(Event event, TrainingLoop& loop) override {
     const LoopState& state = loop.state();

@@ -41,6 +41,7 @@ class TensorBoard : public Callback {
   }
 
   std::string state_key() const override { return "tensorboard"; }
+  bool rank_zero_only() const override { return true; }
 
   void on_event(Event event, TrainingLoop& loop) override {
     const LoopState& state = loop.state();

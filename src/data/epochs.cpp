@@ -106,6 +106,13 @@ torch::Tensor epoch_permutation(int64_t size, uint64_t seed, int64_t epoch) {
   return order;
 }
 
+void BatchSource::shard(int64_t rank, int64_t world_size, bool /*pad*/) {
+  if (rank == 0 && world_size == 1) return;
+  throw Error(fmt::format("this BatchSource cannot be split among {} processes (rank {}): "
+                          "implement BatchSource::shard to train it data-parallel",
+                          world_size, rank));
+}
+
 Epochs::Epochs(TensorDataset dataset, int64_t batch_size)
     : dataset_(checked(std::move(dataset), batch_size, "Epochs")), batch_size_(batch_size) {}
 
@@ -128,17 +135,48 @@ Epochs& Epochs::seed(uint64_t seed) {
   return *this;
 }
 
+void Epochs::shard(int64_t rank, int64_t world_size, bool pad) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) {
+    throw Error(fmt::format("Epochs: shard {} of {}, expected a rank from 0 to {} and at least one "
+                            "process",
+                            rank, world_size, world_size - 1));
+  }
+  rank_ = rank;
+  world_size_ = world_size;
+  pad_ = pad;
+  order_ = torch::Tensor();
+}
+
 void Epochs::start_epoch(int64_t epoch) {
   if (epoch < 0) {
     throw Error(fmt::format("Epochs: start_epoch({}), expected an epoch of 0 or more", epoch));
   }
-  if (!shuffle_) return;
+  if (!shuffle_ && world_size_ == 1) return;
+  const int64_t n = dataset_.size();
+  torch::Tensor order = shuffle_ ? epoch_permutation(n, seed_, epoch) : torch::arange(n, torch::kLong);
+  if (world_size_ > 1) {
+    // DistributedSampler's split: pad by repeating the order from its start
+    // (as often as needed) to a multiple of the world size, then every
+    // world_size-th position from this rank's.
+    if (pad_ && n % world_size_ != 0) {
+      const int64_t total = (n + world_size_ - 1) / world_size_ * world_size_;
+      order = order.repeat({(total + n - 1) / n}).narrow(0, 0, total);
+    }
+    order = order.slice(0, rank_, order.size(0), world_size_).contiguous();
+  }
   // Index where the data lives, so index_select needs no transfer per batch.
-  order_ = epoch_permutation(dataset_.size(), seed_, epoch).to(dataset_.inputs.device());
+  order_ = order.to(dataset_.inputs.device());
+}
+
+int64_t Epochs::example_count() const {
+  if (world_size_ == 1) return dataset_.size();
+  const int64_t n = dataset_.size();
+  if (pad_) return (n + world_size_ - 1) / world_size_;
+  return n / world_size_ + (rank_ < n % world_size_ ? 1 : 0);
 }
 
 int64_t Epochs::batch_count() const {
-  const int64_t n = dataset_.size();
+  const int64_t n = example_count();
   return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
 }
 
@@ -149,8 +187,8 @@ Batch Epochs::batch(int64_t index) const {
                             count - 1, count));
   }
   const int64_t start = index * batch_size_;
-  const int64_t length = std::min(batch_size_, dataset_.size() - start);
-  if (!shuffle_) {
+  const int64_t length = std::min(batch_size_, example_count() - start);
+  if (!shuffle_ && world_size_ == 1) {
     // Consecutive examples: a view, no copy.
     return {dataset_.inputs.narrow(0, start, length),
             dataset_.targets.defined() ? dataset_.targets.narrow(0, start, length)

@@ -50,6 +50,8 @@ struct CheckpointOptions {
 /// At fit_start it creates the directory and fails with `Error` naming it
 /// when it cannot be written, or when the monitor is unknown. Its own state
 /// (the best value and checkpoint) is saved under the key "checkpoint".
+/// In a data-parallel fit it runs on every rank, which decide alike (the
+/// time trigger by rank 0's clock) and save together: rank 0 writes.
 class CheckpointCallback : public Callback {
  public:
   CheckpointCallback(std::string directory, CheckpointOptions options);
@@ -70,6 +72,7 @@ class CheckpointCallback : public Callback {
 
  private:
   void start(TrainingLoop& loop);
+  void prepare_directory();
   void write(TrainingLoop& loop, ResumePoint resume, bool best);
   void prune();
 

@@ -22,6 +22,14 @@ class BatchSource {
   virtual int64_t batch_count() const = 0;
   /// Batch `index` (0-based) of the current epoch.
   virtual Batch batch(int64_t index) const = 0;
+  /// Serves from the next `start_epoch` on only the share of process `rank`
+  /// of `world_size` (0 <= rank < world_size; 0 of 1 is the whole data), as
+  /// PyTorch's DistributedSampler does: a data-parallel fit calls it with
+  /// `pad` true for the training data, so that every rank has as many
+  /// batches, and false for validation, so that each example is counted
+  /// exactly once. The default throws `Error`: implement it to train a
+  /// source of your own data-parallel.
+  virtual void shard(int64_t rank, int64_t world_size, bool pad);
 };
 
 /// Training batches over a `TensorDataset`, reshuffled every epoch.
@@ -43,12 +51,22 @@ class Epochs : public BatchSource {
   void start_epoch(int64_t epoch) override;
   int64_t batch_count() const override;
   Batch batch(int64_t index) const override;
+  /// The epoch's order (the permutation, or 0..size-1 without shuffling)
+  /// split among `world_size` processes: rank r takes positions r,
+  /// r + world_size, r + 2 world_size, …. With `pad` the order is first
+  /// extended to a multiple of `world_size` by repeating it from its start,
+  /// so each shard has ceil(size / world_size) examples; without, shards
+  /// differ by at most one example and together hold each exactly once.
+  void shard(int64_t rank, int64_t world_size, bool pad) override;
 
   /// The dataset the batches come from.
   const TensorDataset& dataset() const { return dataset_; }
   int64_t batch_size() const { return batch_size_; }
-  /// The example order of the current epoch (undefined when not shuffling).
+  /// The example order of the current epoch, of this process's shard
+  /// (undefined when not shuffling and not sharded).
   const torch::Tensor& order() const { return order_; }
+  /// Examples in the current epoch: the dataset's size, or the shard's.
+  int64_t example_count() const;
 
  private:
   TensorDataset dataset_;
@@ -56,6 +74,9 @@ class Epochs : public BatchSource {
   bool shuffle_ = true;
   bool drop_last_ = false;
   uint64_t seed_ = 0;
+  int64_t rank_ = 0;
+  int64_t world_size_ = 1;
+  bool pad_ = false;
   torch::Tensor order_;
 };
 
