@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/child_process.h"
 #include "support/test_support.h"
 #include "trainloop/checkpoint.h"
 
@@ -26,65 +27,21 @@ using testing_support::read_text;
 using testing_support::TempDir;
 using Clock = std::chrono::steady_clock;
 
-struct Exit {
-  bool signaled = false;
-  int code = -1;  // exit status, or the signal number when signaled
-};
+using testing_support::ChildProcess;
+using testing_support::Exit;
 
-class Worker {
+// The checkpoint worker writing under `out`, its output in out.worker.log.
+class Worker : public ChildProcess {
  public:
-  Worker(const fs::path& out, std::vector<std::string> extra) {
-    std::vector<std::string> args{TRAINLOOP_CHECKPOINT_WORKER, "--out", out.string()};
-    args.insert(args.end(), extra.begin(), extra.end());
-    const fs::path log = out.string() + ".worker.log";
-    pid_ = fork();
-    if (pid_ == 0) {
-      // The child only execs: nothing else is safe after fork in a process
-      // with LibTorch's threads.
-      FILE* sink = std::fopen(log.c_str(), "a");
-      if (sink != nullptr) {
-        dup2(fileno(sink), 1);
-        dup2(fileno(sink), 2);
-      }
-      std::vector<char*> argv;
-      for (auto& arg : args) argv.push_back(arg.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  ~Worker() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      wait();
-    }
-  }
-  void signal(int number) const { ::kill(pid_, number); }
-  bool running() {
-    if (reaped_) return false;
-    int status = 0;
-    const pid_t done = waitpid(pid_, &status, WNOHANG);
-    if (done == pid_) record(status);
-    return !reaped_;
-  }
-  Exit wait() {
-    if (!reaped_) {
-      int status = 0;
-      waitpid(pid_, &status, 0);
-      record(status);
-    }
-    return exit_;
-  }
+  Worker(const fs::path& out, const std::vector<std::string>& extra)
+      : ChildProcess(arguments(out, extra), out.string() + ".worker.log") {}
 
  private:
-  void record(int status) {
-    reaped_ = true;
-    exit_.signaled = WIFSIGNALED(status);
-    exit_.code = exit_.signaled ? WTERMSIG(status) : WEXITSTATUS(status);
+  static std::vector<std::string> arguments(const fs::path& out, const std::vector<std::string>& extra) {
+    std::vector<std::string> args{TRAINLOOP_CHECKPOINT_WORKER, "--out", out.string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
   }
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  Exit exit_;
 };
 
 // The TensorBoard records without their wall times.

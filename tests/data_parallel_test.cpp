@@ -12,6 +12,7 @@
 #include "../src/distributed/gradient_reducer.h"
 #include "support/ranks.h"
 #include "support/test_support.h"
+#include "support/toy_data.h"
 #include "trainloop/callbacks/checkpoint.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
@@ -54,14 +55,6 @@ void expect_close(const std::vector<torch::Tensor>& actual, const std::vector<to
   }
 }
 
-data::TensorDataset make_data(int64_t size, uint64_t seed) {
-  torch::manual_seed(seed);
-  torch::Tensor inputs = torch::randn({size, 4});
-  torch::Tensor targets = (inputs.narrow(1, 0, 2).sum(1) > 0).to(torch::kLong) +
-                          (inputs.narrow(1, 2, 2).sum(1) > 0.5).to(torch::kLong);
-  return {inputs, targets};
-}
-
 // --- the gradient reducer ----------------------------------------------------
 
 struct ReducerCase {
@@ -80,7 +73,7 @@ torch::Tensor rank_loss(Net& net, const data::TensorDataset& data, int64_t rank,
 
 TEST_P(GradientReducerTest, AveragesTheRanksGradients) {
   const ReducerCase c = GetParam();
-  const data::TensorDataset data = make_data(32, 4);
+  const data::TensorDataset data = testing_support::three_class_data(32, 4, 4);
   // The expected average, from both ranks' gradients computed here.
   std::vector<torch::Tensor> expected;
   for (int64_t rank = 0; rank < 2; ++rank) {
@@ -123,7 +116,7 @@ TEST_P(GradientReducerTest, AveragesTheRanksGradients) {
 
 TEST_P(GradientReducerTest, KeepsWhatEarlierBatchesAccumulated) {
   const ReducerCase c = GetParam();
-  const data::TensorDataset data = make_data(32, 5);
+  const data::TensorDataset data = testing_support::three_class_data(32, 4, 5);
   std::vector<torch::Tensor> expected;
   for (int64_t rank = 0; rank < 2; ++rank) {
     Net net = make_net(8);
@@ -171,11 +164,12 @@ struct FitSettings {
 };
 
 const data::TensorDataset& training_set() {
-  static const data::TensorDataset data = make_data(96, 1);
+  static const data::TensorDataset data = testing_support::three_class_data(96, 4, 1);
   return data;
 }
 const data::TensorDataset& validation_set() {
-  static const data::TensorDataset data = make_data(29, 2);  // odd: shards of 15 and 14
+  // Odd: shards of 15 and 14.
+  static const data::TensorDataset data = testing_support::three_class_data(29, 4, 2);
   return data;
 }
 

@@ -19,11 +19,10 @@
 #include <thread>
 #include <vector>
 
+#include "support/child_process.h"
 #include "support/ranks.h"
 #include "support/test_support.h"
 #include "trainloop/checkpoint.h"
-
-extern char** environ;
 
 namespace trainloop {
 namespace {
@@ -35,90 +34,8 @@ using testing_support::read_text;
 using testing_support::TempDir;
 using Clock = std::chrono::steady_clock;
 
-struct Exit {
-  bool signaled = false;
-  int code = -1;  // exit status, or the signal number when signaled
-};
-
-// One worker process; killed on destruction if still running.
-class Process {
- public:
-  Process(std::vector<std::string> args, const std::map<std::string, std::string>& env,
-          const fs::path& log)
-      : log_(log) {
-    // Built before fork: the child only execs.
-    std::vector<std::string> variables;
-    for (char** entry = environ; *entry != nullptr; ++entry) {
-      const std::string text = *entry;
-      const std::string name = text.substr(0, text.find('='));
-      if (env.count(name) == 0 && !torchrun_variable(name)) variables.push_back(text);
-    }
-    for (const auto& [name, value] : env) variables.push_back(name + "=" + value);
-    std::vector<char*> argv;
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    std::vector<char*> envp;
-    for (auto& variable : variables) envp.push_back(variable.data());
-    envp.push_back(nullptr);
-    pid_ = fork();
-    if (pid_ == 0) {
-      FILE* sink = std::fopen(log.c_str(), "a");
-      if (sink != nullptr) {
-        dup2(fileno(sink), 1);
-        dup2(fileno(sink), 2);
-      }
-      execve(argv[0], argv.data(), envp.data());
-      _exit(127);
-    }
-  }
-  ~Process() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      wait_for(std::chrono::seconds(30));
-    }
-  }
-  Process(const Process&) = delete;
-  Process& operator=(const Process&) = delete;
-
-  void signal(int number) const { ::kill(pid_, number); }
-  bool running() {
-    poll();
-    return !reaped_;
-  }
-  // The exit, or nothing if it still runs after `limit`.
-  std::optional<Exit> wait_for(std::chrono::duration<double> limit) {
-    const auto deadline = Clock::now() + limit;
-    while (!reaped_ && Clock::now() < deadline) {
-      poll();
-      if (!reaped_) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (!reaped_) return std::nullopt;
-    return exit_;
-  }
-  std::string log() const { return read_text(log_); }
-
- private:
-  static bool torchrun_variable(const std::string& name) {
-    for (const char* known :
-         {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) {
-      if (name == known) return true;
-    }
-    return false;
-  }
-  void poll() {
-    if (reaped_) return;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) != pid_) return;
-    reaped_ = true;
-    exit_.signaled = WIFSIGNALED(status);
-    exit_.code = exit_.signaled ? WTERMSIG(status) : WEXITSTATUS(status);
-  }
-
-  fs::path log_;
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  Exit exit_;
-};
+using testing_support::Exit;
+using Process = testing_support::ChildProcess;
 
 std::vector<std::string> worker_args(const fs::path& out, const std::vector<std::string>& extra) {
   std::vector<std::string> args{TRAINLOOP_DISTRIBUTED_WORKER, "--out", out.string()};
@@ -141,8 +58,8 @@ std::vector<std::unique_ptr<Process>> start_job(
         {"RANK", std::to_string(rank)},        {"WORLD_SIZE", std::to_string(world)},
         {"LOCAL_RANK", std::to_string(rank)},  {"LOCAL_WORLD_SIZE", std::to_string(world)},
         {"MASTER_ADDR", "127.0.0.1"},          {"MASTER_PORT", std::to_string(port)}};
-    ranks.push_back(std::make_unique<Process>(worker_args(out, args), env,
-                                              out.string() + ".rank" + std::to_string(rank) + ".log"));
+    ranks.push_back(std::make_unique<Process>(
+        worker_args(out, args), out.string() + ".rank" + std::to_string(rank) + ".log", env));
   }
   return ranks;
 }
@@ -250,7 +167,7 @@ fs::path DistributedE2eTest::reference_checkpoints_;
 
 TEST_F(DistributedE2eTest, TwoRanksEqualOneProcessWithTheDoubledBatch) {
   const fs::path single = scratch_->path / "single";
-  Process one(worker_args(single, {"--batch", "32"}), {}, single.string() + ".log");
+  Process one(worker_args(single, {"--batch", "32"}), single.string() + ".log");
   const auto exit = one.wait_for(std::chrono::seconds(120));
   ASSERT_TRUE(exit.has_value() && !exit->signaled && exit->code == 0) << one.log();
 
@@ -358,7 +275,7 @@ TEST_F(DistributedE2eTest, ResumingWithAnotherWorldSizeFails) {
   const fs::path out = scratch_->path / "other_world";
   fs::create_directories(out);
   fs::copy(reference_checkpoints_, out / "checkpoints", fs::copy_options::recursive);
-  Process one(worker_args(out, {"--resume"}), {}, out.string() + ".log");
+  Process one(worker_args(out, {"--resume"}), out.string() + ".log");
   const auto exit = one.wait_for(std::chrono::seconds(60));
   ASSERT_TRUE(exit.has_value());
   EXPECT_EQ(exit->code, 1);

@@ -17,6 +17,8 @@
 #include <string>
 #include <thread>
 
+#include "toy_data.h"
+
 namespace tl = trainloop;
 namespace fs = std::filesystem;
 
@@ -34,14 +36,6 @@ struct NetImpl : torch::nn::Module {
   torch::nn::Linear fc2;
 };
 TORCH_MODULE(Net);
-
-tl::data::TensorDataset make_data(int64_t size, uint64_t seed) {
-  torch::manual_seed(seed);
-  torch::Tensor inputs = torch::randn({size, 8});
-  torch::Tensor targets = (inputs.narrow(1, 0, 3).sum(1) > 0).to(torch::kLong) +
-                          (inputs.narrow(1, 3, 2).sum(1) > 0.5).to(torch::kLong);
-  return {inputs, targets};
-}
 
 }  // namespace
 
@@ -80,8 +74,8 @@ int main(int argc, char** argv) {
     if (!resuming) fs::remove_all(dir);
     fs::create_directories(dir);
 
-    const tl::data::TensorDataset train = make_data(480, 1);
-    const tl::data::TensorDataset validation = make_data(96, 2);
+    const tl::data::TensorDataset train = tl::testing_support::three_class_data(480, 8, 1);
+    const tl::data::TensorDataset validation = tl::testing_support::three_class_data(96, 8, 2);
     torch::manual_seed(3);
     Net model;
     torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));

@@ -23,6 +23,8 @@
 #include <string>
 #include <thread>
 
+#include "toy_data.h"
+
 namespace tl = trainloop;
 namespace fs = std::filesystem;
 
@@ -37,14 +39,6 @@ struct NetImpl : torch::nn::Module {
   torch::nn::Linear fc2;
 };
 TORCH_MODULE(Net);
-
-tl::data::TensorDataset make_data(int64_t size, uint64_t seed) {
-  torch::manual_seed(seed);
-  torch::Tensor inputs = torch::randn({size, 8});
-  torch::Tensor targets = (inputs.narrow(1, 0, 3).sum(1) > 0).to(torch::kLong) +
-                          (inputs.narrow(1, 3, 2).sum(1) > 0.5).to(torch::kLong);
-  return {inputs, targets};
-}
 
 struct Flags {
   std::string out;
@@ -112,8 +106,8 @@ int main(int argc, char** argv) {
     fs::create_directories(dir);
     const bool resuming = flags.resume && !tl::checkpoint_names(checkpoints.string()).empty();
 
-    const tl::data::TensorDataset train = make_data(480, 1);
-    const tl::data::TensorDataset validation = make_data(97, 2);
+    const tl::data::TensorDataset train = tl::testing_support::three_class_data(480, 8, 1);
+    const tl::data::TensorDataset validation = tl::testing_support::three_class_data(97, 8, 2);
     torch::manual_seed(3 + static_cast<uint64_t>(rank));
     Net model;
     torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
