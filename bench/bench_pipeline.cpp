@@ -17,26 +17,13 @@
 
 #include "common.h"
 #include "lenet.h"
+#include "torch_data.h"
 #include "workloads.h"
 
 namespace tl = trainloop;
 namespace bench = trainloop::bench;
 
 namespace {
-
-// One example per get, as LibTorch's documentation feeds its DataLoader.
-class Rows : public torch::data::datasets::Dataset<Rows> {
- public:
-  explicit Rows(tl::data::TensorDataset data) : data_(std::move(data)) {}
-  torch::data::Example<> get(size_t index) override {
-    const auto i = static_cast<int64_t>(index);
-    return {data_.inputs[i], data_.targets[i]};
-  }
-  torch::optional<size_t> size() const override { return static_cast<size_t>(data_.size()); }
-
- private:
-  tl::data::TensorDataset data_;
-};
 
 // A deterministic augmentation that costs what real ones do: pad by 2 and
 // crop back at an offset taken from the index, mirror every other image,
@@ -60,26 +47,6 @@ class Augmented : public torch::data::datasets::Dataset<Augmented> {
   tl::data::TensorDataset data_;
   int blur_passes_;
   torch::Tensor kernel_;
-};
-
-class GivenOrder : public torch::data::samplers::Sampler<> {
- public:
-  explicit GivenOrder(std::vector<size_t> order) : order_(std::move(order)) {}
-  void reset(torch::optional<size_t> /*new_size*/ = torch::nullopt) override { next_ = 0; }
-  torch::optional<std::vector<size_t>> next(size_t batch_size) override {
-    if (next_ >= order_.size()) return torch::nullopt;
-    const size_t end = std::min(order_.size(), next_ + batch_size);
-    std::vector<size_t> batch(order_.begin() + static_cast<std::ptrdiff_t>(next_),
-                              order_.begin() + static_cast<std::ptrdiff_t>(end));
-    next_ = end;
-    return batch;
-  }
-  void save(torch::serialize::OutputArchive& /*archive*/) const override {}
-  void load(torch::serialize::InputArchive& /*archive*/) override {}
-
- private:
-  std::vector<size_t> order_;
-  size_t next_ = 0;
 };
 
 // Touches every batch of epoch 0 of `source`; returns the batch count.
@@ -135,18 +102,20 @@ int main(int argc, char** argv) {
   const tl::data::TensorDataset train(bench::inputs_of(bench::tensor_at(saved, "x_train")),
                                      bench::tensor_at(saved, "y_train"));
   const torch::Tensor permutation = tl::data::epoch_permutation(train.size(), 1, 0);
-  std::vector<size_t> order(static_cast<size_t>(train.size()));
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<size_t>(permutation[static_cast<int64_t>(i)].item<int64_t>());
+  auto order = std::make_shared<std::vector<size_t>>(static_cast<size_t>(train.size()));
+  for (size_t i = 0; i < order->size(); ++i) {
+    (*order)[i] = static_cast<size_t>(permutation[static_cast<int64_t>(i)].item<int64_t>());
+  }
 
   // Batches per second, epoch 0's order (the one workloads.py uses) in all.
   using torch::data::transforms::Stack;
   const auto options = torch::data::DataLoaderOptions(static_cast<size_t>(batch_size));
-  auto loader = torch::data::make_data_loader(Rows(train).map(Stack<>()), GivenOrder(order), options);
-  auto threaded = torch::data::make_data_loader(Rows(train).map(Stack<>()), GivenOrder(order),
+  auto loader = torch::data::make_data_loader(bench::Rows(train).map(Stack<>()), bench::GivenOrder(order), options);
+  auto threaded = torch::data::make_data_loader(bench::Rows(train).map(Stack<>()), bench::GivenOrder(order),
                                                 torch::data::DataLoaderOptions(options).workers(static_cast<size_t>(loader_workers)));
   tl::data::Epochs epochs(train, batch_size);
   epochs.seed(1);
-  auto adapter = tl::data::TorchDataset(Rows(train), batch_size).seed(1);
+  auto adapter = tl::data::TorchDataset(bench::Rows(train), batch_size).seed(1);
   auto prefetched = tl::data::prefetch(tl::data::Epochs(train, batch_size).seed(1));
   const std::vector<std::pair<std::string, std::function<int64_t()>>> ways{
       {"epochs", [&] { return drain(epochs); }},

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common.h"
+#include "torch_data.h"
 #include "workloads.h"
 
 namespace tl = trainloop;
@@ -236,44 +237,6 @@ Outcome with_trainloop(const bench::Spec& spec, const bench::Data& data, Net net
   return outcome;
 }
 
-// A map-style torch::data dataset over in-memory tensors: the way LibTorch's
-// documentation feeds its DataLoader (one example per get, then Stack).
-class Rows : public torch::data::datasets::Dataset<Rows> {
- public:
-  explicit Rows(tl::data::TensorDataset data) : data_(std::move(data)) {}
-  torch::data::Example<> get(size_t index) override {
-    const auto i = static_cast<int64_t>(index);
-    return {data_.inputs[i], data_.targets[i]};
-  }
-  torch::optional<size_t> size() const override { return static_cast<size_t>(data_.size()); }
-
- private:
-  tl::data::TensorDataset data_;
-};
-
-// Serves a given order, which the caller changes before each epoch (as
-// Python's DistributedSampler.set_epoch): LibTorch's RandomSampler draws its
-// own permutation, and every implementation must see the same batches.
-class GivenOrder : public torch::data::samplers::Sampler<> {
- public:
-  explicit GivenOrder(std::shared_ptr<std::vector<size_t>> order) : order_(std::move(order)) {}
-  void reset(torch::optional<size_t> /*new_size*/ = torch::nullopt) override { next_ = 0; }
-  torch::optional<std::vector<size_t>> next(size_t batch_size) override {
-    if (next_ >= order_->size()) return torch::nullopt;
-    const size_t end = std::min(order_->size(), next_ + batch_size);
-    std::vector<size_t> batch(order_->begin() + static_cast<std::ptrdiff_t>(next_),
-                              order_->begin() + static_cast<std::ptrdiff_t>(end));
-    next_ = end;
-    return batch;
-  }
-  void save(torch::serialize::OutputArchive& /*archive*/) const override {}
-  void load(torch::serialize::InputArchive& /*archive*/) override {}
-
- private:
-  std::shared_ptr<std::vector<size_t>> order_;
-  size_t next_ = 0;
-};
-
 // The same hand-written loop fed by torch::data::make_data_loader with the
 // Stack transform, no worker threads (its default).
 template <class Net>
@@ -286,10 +249,10 @@ Outcome with_torch_data(const bench::Spec& spec, const bench::Data& data, Net ne
   std::iota(order->begin(), order->end(), size_t{0});
   using torch::data::transforms::Stack;
   auto train_loader = torch::data::make_data_loader(
-      Rows(data.train).map(Stack<>()), GivenOrder(order),
+      bench::Rows(data.train).map(Stack<>()), bench::GivenOrder(order),
       torch::data::DataLoaderOptions(static_cast<size_t>(bench::batch_size_of(spec, data))));
   auto test_loader = torch::data::make_data_loader<torch::data::samplers::SequentialSampler>(
-      Rows(data.test).map(Stack<>()),
+      bench::Rows(data.test).map(Stack<>()),
       torch::data::DataLoaderOptions(static_cast<size_t>(bench::validation_batch_size_of(spec, data))));
   const auto validate = [&] {
     torch::NoGradGuard no_grad;
