@@ -199,6 +199,8 @@ TEST(CsvLoggerOptionsTest, RejectsBadOptions) {
               ThrowsMessage<Error>(HasSubstr("every_n_batches is 0, expected >= 1")));
   EXPECT_THAT([] { callbacks::csv_logger(""); },
               ThrowsMessage<Error>(HasSubstr("path is empty")));
+  EXPECT_THAT([] { callbacks::csv_logger(CsvLoggerOptions("a.csv").flush_seconds(-1)); },
+              ThrowsMessage<Error>(HasSubstr("csv_logger: flush_seconds is -1, expected >= 0")));
 }
 
 TEST(CsvLoggerOptionsTest, DefaultsAndKey) {
@@ -207,7 +209,44 @@ TEST(CsvLoggerOptionsTest, DefaultsAndKey) {
   EXPECT_FALSE(options.per_epoch());
   EXPECT_EQ(options.every_n_batches(), 1);
   EXPECT_TRUE(options.append());
+  EXPECT_EQ(options.flush_seconds(), 1.0);
   EXPECT_EQ(callbacks::csv_logger("run/log.csv")->state_key(), "csv_logger");
+}
+
+// The file's size on disk at each epoch end, seen by a callback after the logger.
+struct SizesAtEpochEnds {
+  explicit SizesAtEpochEnds(fs::path path)
+      : callback(callbacks::lambda([this, path](Event event, TrainingLoop&) {
+          if (event == Event::epoch_end) sizes.push_back(fs::file_size(path));
+        })) {}
+  std::vector<uintmax_t> sizes;
+  std::shared_ptr<Callback> callback;
+};
+
+TEST_F(CsvLoggerTest, EpochEndsFlushAtMostOncePerFlushSeconds) {
+  SizesAtEpochEnds seen(log);
+  auto loop = make_loop(
+      {callbacks::csv_logger(callbacks::CsvLoggerOptions(log.string()).flush_seconds(3600)),
+       seen.callback});
+  loop.fit(model, 3);
+  ASSERT_EQ(seen.sizes.size(), 3u);
+  EXPECT_GT(seen.sizes[0], kHeader.size());  // the first epoch end flushed its 5 rows
+  EXPECT_EQ(seen.sizes[1], seen.sizes[0]);   // the next ones waited
+  EXPECT_EQ(seen.sizes[2], seen.sizes[0]);
+  EXPECT_EQ(read_log(log).at("rows").size(), 15u);  // the fit's end flushed the rest
+}
+
+TEST_F(CsvLoggerTest, ZeroFlushSecondsFlushesAtEveryEpochEnd) {
+  SizesAtEpochEnds seen(log);
+  auto loop = make_loop(
+      {callbacks::csv_logger(callbacks::CsvLoggerOptions(log.string()).flush_seconds(0)),
+       seen.callback});
+  loop.fit(model, 3);
+  ASSERT_EQ(seen.sizes.size(), 3u);
+  EXPECT_GT(seen.sizes[0], kHeader.size());
+  EXPECT_GT(seen.sizes[1], seen.sizes[0]);
+  EXPECT_GT(seen.sizes[2], seen.sizes[1]);
+  EXPECT_EQ(seen.sizes[2], fs::file_size(log));
 }
 
 TEST_F(CsvLoggerTest, PerBatchRowsHoldTheLoopsValues) {

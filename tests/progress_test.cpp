@@ -381,6 +381,38 @@ TEST_F(ProgressTest, TerminalModeLimitsTheRedrawRate) {
   EXPECT_EQ(draws[1].back(), '\n');
 }
 
+// Off a terminal, the first epoch's line reaches the file at its epoch end;
+// within flush_seconds the next ones wait in the stream's buffer, and the
+// fit's end writes them.
+TEST_F(ProgressTest, OffATerminalLinesAreFlushedAtMostOncePerFlushSeconds) {
+  ASSERT_EQ(std::setvbuf(file, nullptr, _IOFBF, 1 << 16), 0);
+  std::vector<size_t> lines_at_epoch_ends;
+  auto loop = make_loop(
+      {callbacks::progress(
+           callbacks::ProgressOptions().stream(file).terminal(false).flush_seconds(3600)),
+       callbacks::lambda([&](Event event, TrainingLoop&) {
+         if (event == Event::epoch_end) lines_at_epoch_ends.push_back(count(written(file), "\n"));
+       })});
+  ASSERT_EQ(loop.fit(model, 3), FitStatus::completed);
+  EXPECT_EQ(lines_at_epoch_ends, (std::vector<size_t>{1, 1, 1}));
+  EXPECT_EQ(count(written(file), "\n"), 3u);
+
+  std::vector<size_t> unthrottled;
+  auto every_line = make_loop(
+      {callbacks::progress(
+           callbacks::ProgressOptions().stream(file).terminal(false).flush_seconds(0)),
+       callbacks::lambda([&](Event event, TrainingLoop&) {
+         if (event == Event::epoch_end) unthrottled.push_back(count(written(file), "\n"));
+       })});
+  ASSERT_EQ(every_line.fit(model, 3), FitStatus::completed);
+  EXPECT_EQ(unthrottled, (std::vector<size_t>{4, 5, 6}));
+}
+
+TEST(ProgressOptionsTest, RejectsANegativeFlushInterval) {
+  EXPECT_THAT([] { callbacks::progress(callbacks::ProgressOptions().flush_seconds(-0.5)); },
+              ThrowsMessage<Error>(HasSubstr("progress: flush_seconds is -0.5, expected >= 0")));
+}
+
 TEST_F(ProgressTest, CancelledFitEndsThePartialLine) {
   // Fully buffered, so only the display's own flush makes the text visible.
   ASSERT_EQ(std::setvbuf(file, nullptr, _IOFBF, 1 << 16), 0);

@@ -175,6 +175,39 @@ TEST(TensorBoardOptionsTest, RejectsBadOptions) {
   EXPECT_EQ(callbacks::tensorboard()->state_key(), "tensorboard");
 }
 
+// The training event file's size on disk at each epoch end: the first epoch
+// end flushes, the next ones wait within flush_seconds, the fit's end writes
+// the rest; with 0 every epoch end flushes.
+TEST_F(TensorBoardTest, EpochEndsFlushAtMostOncePerFlushSeconds) {
+  for (const double seconds : {3600.0, 0.0}) {
+    const std::string run = seconds > 0 ? "throttled" : "every";
+    const fs::path train_dir = log_dir / run / "train";
+    std::vector<uintmax_t> sizes;
+    auto loop = make_loop(
+        {callbacks::tensorboard(options().run_name(run).log_every_n_steps(1).flush_seconds(seconds)),
+         callbacks::lambda([&](Event event, TrainingLoop&) {
+           if (event != Event::epoch_end) return;
+           for (const auto& entry : fs::directory_iterator(train_dir)) sizes.push_back(entry.file_size());
+         })},
+        /*validation=*/false);
+    loop.fit(model, 3);
+    ASSERT_EQ(sizes.size(), 3u) << run;
+    uintmax_t final_size = 0;
+    for (const auto& entry : fs::directory_iterator(train_dir)) final_size = entry.file_size();
+    if (seconds > 0) {
+      EXPECT_EQ(sizes[1], sizes[0]);
+      EXPECT_EQ(sizes[2], sizes[0]);
+      EXPECT_GT(final_size, sizes[0]);
+    } else {
+      EXPECT_GT(sizes[1], sizes[0]);
+      EXPECT_GT(sizes[2], sizes[1]);
+      EXPECT_EQ(final_size, sizes[2]);
+    }
+  }
+  EXPECT_THAT([] { callbacks::tensorboard(callbacks::TensorBoardOptions().flush_seconds(-1)); },
+              ThrowsMessage<Error>(HasSubstr("tensorboard: flush_seconds is -1, expected >= 0")));
+}
+
 TEST_F(TensorBoardTest, LogsEveryValueTheLoopHad) {
   Recorder recorder;
   auto loop =

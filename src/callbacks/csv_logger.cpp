@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "flush_timer.h"
 #include "monitor.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
@@ -25,8 +26,8 @@ namespace trainloop::callbacks {
 namespace {
 
 // Rows are formatted into this buffer and reach the disk only when it is
-// full or at a flush (epoch end, fit end), so per-batch logging costs no
-// system call.
+// full or at a flush (see FlushTimer), so per-batch logging costs no system
+// call.
 constexpr size_t kBufferSize = size_t{1} << 20;
 
 // Bounds how much of an existing file is read looking for its header, so a
@@ -75,8 +76,10 @@ std::string first_record(std::FILE* file, size_t limit) {
 
 class CsvLogger : public Callback {
  public:
-  explicit CsvLogger(CsvLoggerOptions options) : options_(std::move(options)) {
+  explicit CsvLogger(CsvLoggerOptions options)
+      : options_(std::move(options)), flush_timer_(options_.flush_seconds()) {
     if (options_.path().empty()) throw Error("csv_logger: path is empty, expected a file name");
+    detail::check_flush_seconds("csv_logger", options_.flush_seconds());
     if (options_.every_n_batches() < 1) {
       throw Error(fmt::format("csv_logger: every_n_batches is {}, expected >= 1",
                               options_.every_n_batches()));
@@ -93,6 +96,7 @@ class CsvLogger : public Callback {
   void on_event(Event event, TrainingLoop& loop) override {
     if (event == Event::fit_start) {
       open(loop.state());
+      flush_timer_.restart();
       return;
     }
     if (file_ == nullptr) return;
@@ -108,6 +112,7 @@ class CsvLogger : public Callback {
         return;
       case Event::batch_end:
         if (!logged(state.phase)) return;
+        if (flush_timer_.at_batch_end()) flush();
         ++batches_ended_;
         if (options_.per_epoch()) return;
         // Integer checks only: a row that is not due must not read the metrics.
@@ -131,7 +136,7 @@ class CsvLogger : public Callback {
         }
         return;
       case Event::epoch_end:
-        flush();
+        if (flush_timer_.at_epoch_end()) flush();
         return;
       case Event::fit_end:
         close();
@@ -305,6 +310,7 @@ class CsvLogger : public Callback {
 
   CsvLoggerOptions options_;
   std::FILE* file_ = nullptr;
+  detail::FlushTimer flush_timer_;
   int write_error_ = 0;
   int64_t fits_ = 0;
   // Batches that reached batch_end in the running phase, and that count

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "flush_timer.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -123,6 +124,7 @@ class Progress : public Callback {
       throw Error(fmt::format("progress: refresh_seconds is {}, expected >= 0",
                               options_.refresh_seconds()));
     }
+    detail::check_flush_seconds("progress", options_.flush_seconds());
     if (options_.bar_width() < 0) {
       throw Error(fmt::format("progress: bar_width is {}, expected >= 0", options_.bar_width()));
     }
@@ -137,6 +139,7 @@ class Progress : public Callback {
     switch (event) {
       case Event::fit_start:
         in_fit_ = true;
+        flush_timer_.restart();
         break;
       case Event::epoch_start: {
         const auto now = Clock::now();
@@ -174,7 +177,8 @@ class Progress : public Callback {
         break;
       case Event::epoch_end:
         if (!in_fit_) break;
-        finish(epoch_line(state, Clock::now(), /*finished=*/true));
+        finish(epoch_line(state, Clock::now(), /*finished=*/true),
+               /*flush=*/terminal_ || flush_timer_.at_epoch_end());
         break;
       case Event::fit_end:
         // Runs after a cancel or an exception too, so nothing here may throw:
@@ -201,7 +205,10 @@ class Progress : public Callback {
     pass.done = state.batch + 1;
     pass.total = state.batch_count;
     if (state.inputs.defined() && state.inputs.dim() > 0) pass.samples += state.inputs.size(0);
-    if (!terminal_) return;
+    if (!terminal_) {
+      if (flush_timer_.at_batch_end()) std::fflush(options_.stream());
+      return;
+    }
     const auto now = Clock::now();
     // The last training batch always shows the full bar, since validation
     // may take a while; the other passes' last batch is followed at once by
@@ -266,11 +273,11 @@ class Progress : public Callback {
 
   // Writes a finished line: over the in-place line on a terminal, as a plain
   // log line elsewhere.
-  void finish(const std::string& line) {
+  void finish(const std::string& line, bool flush = true) {
     if (terminal_) write(kRedraw);
     write(line);
     write("\n");
-    std::fflush(options_.stream());
+    if (flush) std::fflush(options_.stream());
     line_open_ = false;
   }
 
@@ -285,6 +292,7 @@ class Progress : public Callback {
   void write(const std::string& text) { std::fputs(text.c_str(), options_.stream()); }
 
   ProgressOptions options_;
+  detail::FlushTimer flush_timer_{options_.flush_seconds()};
   bool terminal_ = false;
   bool in_fit_ = false;
   bool line_open_ = false;

@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "flush_timer.h"
 #include "monitor.h"
 #include "trainloop/error.h"
 #include "trainloop/tensorboard/event_writer.h"
@@ -32,8 +33,10 @@ std::string timestamp() {
 
 class TensorBoard : public Callback {
  public:
-  explicit TensorBoard(TensorBoardOptions options) : options_(std::move(options)) {
+  explicit TensorBoard(TensorBoardOptions options)
+      : options_(std::move(options)), flush_timer_(options_.flush_seconds()) {
     if (options_.log_dir().empty()) throw Error("tensorboard: log_dir is empty");
+    detail::check_flush_seconds("tensorboard", options_.flush_seconds());
     if (options_.log_every_n_steps() < 1) {
       throw Error(fmt::format("tensorboard: log_every_n_steps is {}, expected >= 1",
                               options_.log_every_n_steps()));
@@ -51,9 +54,11 @@ class TensorBoard : public Callback {
         // state to load, the first record opens a new run.
         finish();
         in_fit_ = true;
+        flush_timer_.restart();
         if (state.resumed_from.empty()) start(state);
         break;
       case Event::batch_end:
+        if (train_ && flush_timer_.at_batch_end()) flush();
         if (in_fit_ && state.phase == Phase::training && due(state)) {
           if (!train_) start(state);
           log_training(state);
@@ -69,8 +74,7 @@ class TensorBoard : public Callback {
       case Event::epoch_end:
         if (!train_) break;
         if (options_.histograms()) log_histograms(loop);
-        train_->flush();
-        if (validation_) validation_->flush();
+        if (flush_timer_.at_epoch_end()) flush();
         break;
       case Event::fit_end:
         in_fit_ = false;
@@ -174,6 +178,11 @@ class TensorBoard : public Callback {
     }
   }
 
+  void flush() {
+    train_->flush();
+    if (validation_) validation_->flush();
+  }
+
   // Closes both files even if the first fails, then reports the first error.
   void finish() {
     std::exception_ptr first;
@@ -190,6 +199,7 @@ class TensorBoard : public Callback {
   }
 
   TensorBoardOptions options_;
+  detail::FlushTimer flush_timer_;
   bool in_fit_ = false;
   std::string run_dir_;
   std::unique_ptr<EventWriter> train_;

@@ -27,6 +27,12 @@ struct CsvLoggerOptions {
   /// Continue an existing non-empty file (its header must equal this log's)
   /// instead of truncating it. Default true.
   TORCH_ARG(bool, append) = true;
+  /// Seconds between flushes at epoch ends: the first epoch end of a fit
+  /// flushes, a later one only once this much time has passed since the last
+  /// flush (else the first batch end after that does). 0 flushes at every
+  /// epoch end. Checkpoints, interrupts and the fit's end always flush.
+  /// Default 1.
+  TORCH_ARG(double, flush_seconds) = 1.0;
 };
 
 /// Writes metrics to a CSV file, for plotting. The header is
@@ -42,8 +48,8 @@ struct CsvLoggerOptions {
 /// validation values under the same columns. In per-epoch mode, `batch` is
 /// the number of batches the phase ran. Numbers round-trip (shortest exact
 /// form; `nan`, `inf`, `-inf`) independently of the locale; fields are quoted
-/// as RFC 4180 says. The file is opened at fit start, flushed at every epoch
-/// end and closed at fit end (also after a cancel or an error); a second fit
+/// as RFC 4180 says. The file is opened at fit start, flushed at epoch ends
+/// (at most once per `flush_seconds`, and at checkpoints) and closed at fit end (also after a cancel or an error); a second fit
 /// with the same logger appends. `evaluate` and `predict` write nothing.
 /// Throws `Error` naming the file when it cannot be created, written or
 /// flushed, or when an existing file's header differs.

@@ -25,6 +25,12 @@ struct ProgressOptions {
   TORCH_ARG(double, refresh_seconds) = 0.1;
   /// Width of the bar in characters.
   TORCH_ARG(int, bar_width) = 30;
+  /// Off a terminal, seconds between flushes of the stream at epoch ends, as
+  /// `CsvLoggerOptions::flush_seconds`: the first epoch's line is flushed at
+  /// once, later ones once this much time has passed (else at the first
+  /// batch end after that); 0: every line at once. On a terminal every line
+  /// is flushed at once. Default 1.
+  TORCH_ARG(double, flush_seconds) = 1.0;
 };
 
 /// The animated progress display. On a terminal, one line per epoch redrawn

@@ -31,6 +31,10 @@ struct TensorBoardOptions {
   /// Text written once at fit_start under the tag "config" in the training
   /// run (TensorBoard renders it as Markdown), e.g. the hyperparameters.
   TORCH_ARG(std::optional<std::string>, config_text) = std::nullopt;
+  /// Seconds between flushes at epoch ends, as `CsvLoggerOptions::flush_seconds`:
+  /// the first epoch end flushes, later ones once this much time has passed
+  /// (else the first batch end after that); 0: every epoch end. Default 1.
+  TORCH_ARG(double, flush_seconds) = 1.0;
 };
 
 /// Logs the fit as TensorBoard event files:
@@ -40,8 +44,8 @@ struct TensorBoardOptions {
 /// "<run_name>/validation", and since both use the metrics' plain names
 /// ("loss", "accuracy", …) their curves overlay on one chart. The step is
 /// the number of optimizer updates (`state.global_step`). Training values
-/// are the running averages since the epoch began. Files are flushed at each
-/// epoch end and closed at fit_end, also after a cancel or an error.
+/// are the running averages since the epoch began. Files are flushed at epoch
+/// ends (at most once per `flush_seconds`, and at checkpoints) and closed at fit_end, also after a cancel or an error.
 std::shared_ptr<Callback> tensorboard(TensorBoardOptions options = {});
 
 }  // namespace trainloop::callbacks
