@@ -619,8 +619,10 @@ def write_report(runner, facts, samples, startup, ablation, pipeline, scaling, d
     add("## Not measured")
     add("")
     add("- CUDA: this machine has no GPU. Nothing in bench/ needs CUDA or breaks a CUDA build (all code runs on "
-        "`torch::kCPU` explicitly); the GPU items of the issue (host–device syncs, pinned non-blocking copies, "
-        "overlap with the device) are still to be measured on a machine that has one.")
+        "`torch::kCPU` explicitly). Still to be done on a machine with one: W3 at batch 64 and 512 with the data "
+        "on the GPU against the hand-written loop, Python's plain loop and Lightning; an opt-in training step "
+        "captured as a CUDA graph; opt-in bf16 autocast; host–device syncs and pinned non-blocking copies.")
+    add("- Data-parallel scaling beyond 2 processes on 2 cores, and across machines or GPUs (NCCL).")
     add(f"- More than one thread: every run here uses {a.threads} (`torch::set_num_threads`, "
         "`torch.set_num_threads`, `OMP_NUM_THREADS`); `bench/run --threads 2` repeats the whole run with two, "
         "worth doing only on an otherwise idle machine.")
