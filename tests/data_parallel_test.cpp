@@ -12,7 +12,7 @@
 #include "../src/distributed/gradient_reducer.h"
 #include "support/ranks.h"
 #include "support/test_support.h"
-#include "support/toy_data.h"
+#include "support/toy_task.h"
 #include "trainloop/callbacks/checkpoint.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"

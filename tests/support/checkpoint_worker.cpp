@@ -17,27 +17,10 @@
 #include <string>
 #include <thread>
 
-#include "toy_data.h"
+#include "toy_task.h"
 
 namespace tl = trainloop;
 namespace fs = std::filesystem;
-
-namespace {
-
-// Dropout, so the random generators' state matters to the result.
-struct NetImpl : torch::nn::Module {
-  NetImpl()
-      : fc1(register_module("fc1", torch::nn::Linear(8, 32))),
-        dropout(register_module("dropout", torch::nn::Dropout(0.2))),
-        fc2(register_module("fc2", torch::nn::Linear(32, 3))) {}
-  torch::Tensor forward(torch::Tensor x) { return fc2(dropout(torch::relu(fc1(x)))); }
-  torch::nn::Linear fc1;
-  torch::nn::Dropout dropout;
-  torch::nn::Linear fc2;
-};
-TORCH_MODULE(Net);
-
-}  // namespace
 
 int main(int argc, char** argv) {
   std::string out;
@@ -77,7 +60,7 @@ int main(int argc, char** argv) {
     const tl::data::TensorDataset train = tl::testing_support::three_class_data(480, 8, 1);
     const tl::data::TensorDataset validation = tl::testing_support::three_class_data(96, 8, 2);
     torch::manual_seed(3);
-    Net model;
+    tl::testing_support::ToyNet model(0.2);
     torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
     std::vector<std::shared_ptr<tl::Callback>> callbacks{
         tl::callbacks::csv_logger((dir / "log.csv").string()),

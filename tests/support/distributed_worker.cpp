@@ -23,22 +23,12 @@
 #include <string>
 #include <thread>
 
-#include "toy_data.h"
+#include "toy_task.h"
 
 namespace tl = trainloop;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct NetImpl : torch::nn::Module {
-  NetImpl()
-      : fc1(register_module("fc1", torch::nn::Linear(8, 32))),
-        fc2(register_module("fc2", torch::nn::Linear(32, 3))) {}
-  torch::Tensor forward(torch::Tensor x) { return fc2(torch::relu(fc1(x))); }
-  torch::nn::Linear fc1;
-  torch::nn::Linear fc2;
-};
-TORCH_MODULE(Net);
 
 struct Flags {
   std::string out;
@@ -109,7 +99,7 @@ int main(int argc, char** argv) {
     const tl::data::TensorDataset train = tl::testing_support::three_class_data(480, 8, 1);
     const tl::data::TensorDataset validation = tl::testing_support::three_class_data(97, 8, 2);
     torch::manual_seed(3 + static_cast<uint64_t>(rank));
-    Net model;
+    tl::testing_support::ToyNet model;
     torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
     const std::string suffix = ".rank" + std::to_string(rank);
     std::vector<std::shared_ptr<tl::Callback>> callbacks{
