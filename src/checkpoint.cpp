@@ -22,6 +22,7 @@
 
 #include "checkpoint_restore.h"
 #include "io/files.h"
+#include "io/zip_check.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -96,6 +97,9 @@ std::string weights_bytes(const Model& model) {
 // model keeps referring to the same tensors). Checks everything first, so a
 // mismatch leaves the model as it was.
 void apply_weights(const Model& model, std::string_view bytes, const std::string& source) {
+  if (const std::string fault = io::zip_archive_fault(bytes); !fault.empty()) {
+    throw Error(fmt::format("{}: not a state dict that torch can read: {}", source, fault));
+  }
   c10::IValue value;
   try {
     value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
@@ -134,8 +138,25 @@ void apply_weights(const Model& model, std::string_view bytes, const std::string
                               name, shape_text(tensor.sizes())));
     }
   }
+  // Every value is converted before any is copied, so a file that fails
+  // leaves the model as it was.
   torch::NoGradGuard no_grad;
-  for (const auto& [name, tensor] : entries) tensor.copy_(saved.at(name));
+  std::vector<torch::Tensor> values;
+  for (const auto& [name, tensor] : entries) {
+    const torch::Tensor& value = saved.at(name);
+    if (value.is_quantized() || value.layout() != torch::kStrided) {
+      throw Error(fmt::format("{}: \"{}\" is a {} {} tensor, expected a dense one", source, name,
+                              value.is_quantized() ? "quantized" : "sparse",
+                              c10::toString(value.scalar_type())));
+    }
+    try {
+      values.push_back(value.to(tensor.device(), tensor.scalar_type()).contiguous());
+    } catch (const c10::Error& e) {
+      throw Error(fmt::format("{}: \"{}\" cannot be read: {}", source, name,
+                              std::string(e.what_without_backtrace()).substr(0, 200)));
+    }
+  }
+  for (size_t i = 0; i < entries.size(); ++i) entries[i].second.copy_(values[i]);
 }
 
 void check_unique_keys(const TrainingLoop& loop) {
@@ -573,6 +594,11 @@ LoadedCheckpoint read_checkpoint(const std::string& path) {
       throw Error(fmt::format("{}: CRC-32 0x{:08x}, the manifest says 0x{:08x} (corrupted)", file,
                               crc, expected.second));
     }
+    // A manifest can be forged to match any file; LibTorch's reader must
+    // still see only well-formed archives.
+    if (const std::string fault = io::zip_archive_fault(bytes); !fault.empty()) {
+      throw Error(fmt::format("{}: not an archive torch wrote: {}", file, fault));
+    }
     checkpoint.files[name] = std::move(bytes);
   }
   return checkpoint;
@@ -623,6 +649,12 @@ torch::serialize::InputArchive& rank_state(torch::serialize::InputArchive& top,
     throw Error(fmt::format("{}: holds no state for rank {}", state_path, rank));
   }
   bytes = bytes.cpu().contiguous();
+  const std::string_view view(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
+                              static_cast<size_t>(bytes.numel()));
+  if (const std::string fault = io::zip_archive_fault(view); !fault.empty()) {
+    throw Error(fmt::format("{}: the state of rank {} is not an archive torch wrote: {}",
+                            state_path, rank, fault));
+  }
   storage.load_from(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
                     static_cast<size_t>(bytes.numel()), device);
   return storage;

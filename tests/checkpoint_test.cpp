@@ -428,6 +428,37 @@ TEST_F(CheckpointTest, WeightsRoundTripAndMismatchesAreNamed) {
               ThrowsMessage<Error>(HasSubstr("junk.pt: not a state dict that torch can read")));
 }
 
+// A dict of the right names and shapes whose tensors cannot become the
+// model's (fuzz/weights_fuzzer found the quantized one escaping as a
+// c10::Error) is an Error, and the model keeps its weights.
+TEST_F(CheckpointTest, WeightsThatAreNotDenseTensorsAreNamed) {
+  torch::nn::Linear linear(4, 2);
+  Model handle(linear);
+  const torch::Tensor before = linear->weight.detach().clone();
+  const torch::Tensor bias_before = linear->bias.detach().clone();
+  const std::string path = (scratch.path / "odd.pt").string();
+  const auto save = [&](const torch::Tensor& weight, const torch::Tensor& bias) {
+    c10::Dict<std::string, torch::Tensor> dict;
+    dict.insert("weight", weight);
+    dict.insert("bias", bias);
+    const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
+    std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  };
+  save(torch::quantize_per_tensor(torch::randn({2, 4}), 0.1, 0, torch::kQInt8), torch::zeros({2}));
+  EXPECT_THAT([&] { load_weights(handle, path); },
+              ThrowsMessage<Error>(HasSubstr("odd.pt: \"weight\" is a quantized QInt8 tensor, "
+                                             "expected a dense one")));
+  // The weight comes first and is fine; the bias fails: neither changes.
+  save(torch::ones({2, 4}), torch::zeros({2}).to_sparse());
+  EXPECT_THAT([&] { load_weights(handle, path); },
+              ThrowsMessage<Error>(HasSubstr("\"bias\" is a sparse Float tensor")));
+  EXPECT_TRUE(torch::equal(linear->weight, before));
+  EXPECT_TRUE(torch::equal(linear->bias, bias_before));
+  save(torch::ones({2, 4}, torch::kFloat64), torch::zeros({2}));  // other dtypes convert, as copy_ does
+  load_weights(handle, path);
+  EXPECT_TRUE(torch::equal(linear->weight, torch::ones({2, 4})));
+}
+
 // Python's torch loads the weights into the same architecture and gets the
 // C++ outputs.
 TEST_F(CheckpointTest, PythonTorchLoadsTheWeightsAndComputesTheSameOutputs) {

@@ -1,0 +1,158 @@
+#include "../src/io/zip_check.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "support/test_support.h"
+
+namespace trainloop::io {
+namespace {
+
+using testing::HasSubstr;
+using testing_support::read_text;
+
+std::string pickled_state_dict() {
+  c10::Dict<std::string, torch::Tensor> dict;
+  dict.insert("fc.weight", torch::randn({4, 3}));
+  dict.insert("fc.bias", torch::randn({4}));
+  const std::vector<char> bytes = torch::pickle_save(dict);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+std::string serialized_archive() {
+  torch::serialize::OutputArchive archive;
+  archive.write("step", torch::tensor(7));
+  archive.write("weights", torch::randn({16, 16}));
+  std::ostringstream out;
+  archive.save_to(out);
+  return out.str();
+}
+
+uint32_t read32(const std::string& bytes, size_t at) {
+  uint32_t value = 0;
+  for (size_t i = 0; i < 4; ++i) value |= uint32_t{static_cast<unsigned char>(bytes[at + i])} << (8 * i);
+  return value;
+}
+
+void write16(std::string& bytes, size_t at, uint16_t value) {
+  bytes[at] = static_cast<char>(value & 0xff);
+  bytes[at + 1] = static_cast<char>(value >> 8);
+}
+
+void write32(std::string& bytes, size_t at, uint32_t value) {
+  for (size_t i = 0; i < 4; ++i) bytes[at + i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+size_t end_record(const std::string& bytes) { return bytes.rfind(std::string("PK\x05\x06", 4)); }
+// torch writes a zip64 end record too; its fields are where a reader looks.
+size_t zip64_end_record(const std::string& bytes) {
+  return bytes.rfind(std::string("PK\x06\x06", 4));
+}
+
+void write64(std::string& bytes, size_t at, uint64_t value) {
+  for (size_t i = 0; i < 8; ++i) bytes[at + i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+size_t first_central_header(const std::string& bytes) {
+  return bytes.find(std::string("PK\x01\x02", 4));
+}
+
+TEST(ZipCheckTest, ArchivesTorchWritesPass) {
+  EXPECT_EQ(zip_archive_fault(pickled_state_dict()), "");
+  EXPECT_EQ(zip_archive_fault(serialized_archive()), "");
+  // Written by Python's torch.save (the weights fuzzer's seed).
+  const std::string python =
+      read_text(TRAINLOOP_SOURCE_DIR "/fuzz/corpus/weights/python_state_dict.pt");
+  ASSERT_FALSE(python.empty());
+  EXPECT_EQ(zip_archive_fault(python), "");
+}
+
+TEST(ZipCheckTest, NoEndRecord) {
+  EXPECT_EQ(zip_archive_fault(""), "no end-of-central-directory record");
+  EXPECT_EQ(zip_archive_fault("not a zip archive at all, just text"),
+            "no end-of-central-directory record");
+  std::string cut = pickled_state_dict();
+  cut.pop_back();  // the end record no longer ends the file
+  EXPECT_EQ(zip_archive_fault(cut), "no end-of-central-directory record");
+}
+
+TEST(ZipCheckTest, DirectoryOutsideTheFile) {
+  std::string bytes = pickled_state_dict();
+  write32(bytes, end_record(bytes) + 16, 0xffffffff);
+  const size_t zip64 = zip64_end_record(bytes);
+  ASSERT_NE(zip64, std::string::npos);
+  write64(bytes, zip64 + 48, bytes.size());
+  EXPECT_THAT(zip_archive_fault(bytes), HasSubstr("the central directory (bytes"));
+}
+
+TEST(ZipCheckTest, EndRecordsThatDisagree) {
+  std::string bytes = pickled_state_dict();
+  const size_t zip64 = zip64_end_record(bytes);
+  ASSERT_NE(zip64, std::string::npos);
+  write64(bytes, zip64 + 48, 12);
+  EXPECT_THAT(zip_archive_fault(bytes),
+              HasSubstr("the directory offset is 12 in the zip64 end record but"));
+}
+
+TEST(ZipCheckTest, MoreEntriesThanTheDirectoryHolds) {
+  std::string bytes = pickled_state_dict();
+  const size_t end = end_record(bytes);
+  write16(bytes, end + 8, 200);
+  write16(bytes, end + 10, 200);
+  const size_t zip64 = zip64_end_record(bytes);
+  ASSERT_NE(zip64, std::string::npos);
+  write64(bytes, zip64 + 24, 200);
+  write64(bytes, zip64 + 32, 200);
+  EXPECT_THAT(zip_archive_fault(bytes), HasSubstr("of 200 is not where the directory says"));
+}
+
+TEST(ZipCheckTest, UnknownCompressionAndImpossibleDeflate) {
+  std::string bytes = pickled_state_dict();
+  const size_t header = first_central_header(bytes);
+  write16(bytes, header + 10, 12);  // bzip2
+  EXPECT_EQ(zip_archive_fault(bytes), "central directory entry 1 uses compression method 12; "
+                                      "torch writes 0 (stored) or 8 (deflate)");
+  write16(bytes, header + 10, 8);
+  write32(bytes, header + 20, 10);
+  write32(bytes, header + 24, 1 << 30);
+  EXPECT_EQ(zip_archive_fault(bytes), "central directory entry 1 says its 10 deflated bytes hold "
+                                      "1073741824, more than deflate can");
+}
+
+TEST(ZipCheckTest, EntryDataPastTheEntries) {
+  std::string bytes = pickled_state_dict();
+  const size_t header = first_central_header(bytes);
+  write32(bytes, header + 20, 0x7ff00000);  // both sizes: a 2 GB entry in a small file
+  write32(bytes, header + 24, 0x7ff00000);
+  EXPECT_THAT(zip_archive_fault(bytes), HasSubstr("bytes of data from byte"));
+  EXPECT_THAT(zip_archive_fault(bytes), HasSubstr("run past the entries"));
+}
+
+TEST(ZipCheckTest, LocalHeaderMissing) {
+  std::string bytes = pickled_state_dict();
+  const size_t header = first_central_header(bytes);
+  write32(bytes, header + 42, read32(bytes, header + 42) + 1);
+  EXPECT_THAT(zip_archive_fault(bytes), HasSubstr("central directory entry 1: no local header at byte"));
+}
+
+TEST(ZipCheckTest, SizesClaimingZip64WithoutItsFields) {
+  std::string bytes = pickled_state_dict();
+  const size_t header = first_central_header(bytes);
+  write32(bytes, header + 24, 0xffffffff);
+  EXPECT_THAT(zip_archive_fault(bytes), HasSubstr("zip64 sizes without a zip64 extra field"));
+}
+
+// The input on which LibTorch 1.13's zip reader read out of bounds (SEGV
+// under ASan in mz_zip_reader_init), found by fuzz/weights_fuzzer.
+TEST(ZipCheckTest, TheFuzzersCrashingInputIsRejected) {
+  const std::string crash = read_text(TRAINLOOP_SOURCE_DIR "/fuzz/findings/weights-segv");
+  ASSERT_FALSE(crash.empty());
+  EXPECT_NE(zip_archive_fault(crash), "");
+}
+
+}  // namespace
+}  // namespace trainloop::io
