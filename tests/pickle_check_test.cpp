@@ -21,7 +21,9 @@ TEST(PickleCheckTest, WellFormedPicklesPass) {
   const std::string list = bytes("\x80\x02]q\x00(X\x03\x00\x00\x00", 11) + "abc" +
                            bytes("G?\xf0\x00\x00\x00\x00\x00\x00h\x00", 11) + "e.";
   EXPECT_EQ(pickle_fault(list), "");
-  EXPECT_EQ(pickle_fault("(ctorch\n_utils\np0\n."), "");  // protocol 0: GLOBAL, PUT
+  EXPECT_EQ(pickle_fault("ctorch\n_utils\np0\n."), "");  // protocol 0: GLOBAL, PUT
+  // {"a": (1, None)}: a dict filled by SETITEMS from a MARK, a TUPLE2.
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02}(X\x01\x00\x00\x00" "aK\x01N\x86u.", 16)), "");
 }
 
 TEST(PickleCheckTest, AStringLongerThanThePickle) {
@@ -45,6 +47,35 @@ TEST(PickleCheckTest, CutShortUnknownOrUnended) {
   EXPECT_EQ(pickle_fault("ctorch\n_rebuild"), "opcode 0x63 at byte 0 has no end of line");
 }
 
+// LibTorch 1.13's unpickler pops these without looking (fuzz/weights_fuzzer:
+// a bad free, and SEGVs).
+TEST(PickleCheckTest, AStackThatRunsShort) {
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02}q\x00\x87.", 7)),
+            "opcode 0x87 at byte 5 needs 3 values on the stack, found 1");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\nR.", 37)),
+            "opcode 0x52 at byte 35 needs 2 values on the stack, found 1");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02\x85.", 4)),
+            "opcode 0x85 at byte 2 needs 1 values on the stack, found 0");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02q\x00.", 5)),
+            "opcode 0x71 at byte 2 needs 1 values on the stack, found 0");
+  // Values below the MARK belong to whoever opened it.
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02NN(N\x86t.", 9)),
+            "opcode 0x86 at byte 6 needs 2 values on the stack, found 1");
+}
+
+TEST(PickleCheckTest, MarksThatAreMissingOrLeftOpen) {
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02t.", 4)), "opcode 0x74 at byte 2 has no MARK before it");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02(Nd.", 6)),
+            "opcode 0x64 at byte 4 pairs keys with values, but 1 remain");
+  // SETITEMS needs its dict below the MARK.
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02(NNu.", 7)),
+            "opcode 0x75 at byte 5 needs 1 values on the stack, found 0");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02(N.", 5)),
+            "STOP at byte 4 leaves 1 values and 1 MARKs, expected 1 value");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02NN.", 5)),
+            "STOP at byte 4 leaves 2 values and 0 MARKs, expected 1 value");
+}
+
 // The weights file on which LibTorch 1.13's unpickler reserved 1.6 GB for a
 // string (fuzz/weights_fuzzer): the archive check names its pickle.
 TEST(PickleCheckTest, TheFuzzersHugeStringIsRejected) {
@@ -52,6 +83,19 @@ TEST(PickleCheckTest, TheFuzzersHugeStringIsRejected) {
       testing_support::read_text(TRAINLOOP_SOURCE_DIR "/fuzz/findings/weights-huge-string");
   ASSERT_EQ(input.size(), 2911u);
   EXPECT_THAT(zip_archive_fault(input), HasSubstr("data.pkl: a string of"));
+}
+
+// A local run's finding (a TUPLE3 on one value: a SEGV), and the bad free a
+// CI run reported, remade by hand: a REDUCE that finds only its function.
+TEST(PickleCheckTest, TheFuzzersShortStacksAreRejected) {
+  const std::string tuple3 =
+      testing_support::read_text(TRAINLOOP_SOURCE_DIR "/fuzz/findings/weights-short-stack");
+  EXPECT_THAT(zip_archive_fault(tuple3),
+              HasSubstr("data.pkl: opcode 0x87 at byte 5 needs 3 values on the stack, found 1"));
+  const std::string reduce =
+      testing_support::read_text(TRAINLOOP_SOURCE_DIR "/fuzz/findings/weights-bad-free");
+  EXPECT_THAT(zip_archive_fault(reduce),
+              HasSubstr("data.pkl: opcode 0x52 at byte 35 needs 2 values on the stack"));
 }
 
 }  // namespace

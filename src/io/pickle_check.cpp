@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace trainloop::io {
 
@@ -48,6 +49,79 @@ Layout layout_of(unsigned char opcode) {
   }
 }
 
+// The pickle machine's stack, as far as its shape: how many values it holds
+// and where each open MARK stands. LibTorch 1.13's unpickler pops without
+// checking, so a REDUCE or TUPLE3 on too short a stack frees memory it does
+// not own (found by fuzz/weights_fuzzer).
+struct Stack {
+  uint64_t depth = 0;
+  std::vector<uint64_t> marks;
+
+  // Values above the topmost MARK: all an opcode other than a MARK's
+  // consumer may pop, as in Python's unpickler.
+  uint64_t above_mark() const { return depth - (marks.empty() ? 0 : marks.back()); }
+};
+
+// How many values an opcode pops (beyond a MARK's) and pushes.
+struct StackEffect {
+  bool consumes_mark = false;
+  int pops = 0;
+  int pushes = 0;
+  bool pairs = false;  // DICT and SETITEMS take keys and values
+};
+
+StackEffect stack_effect_of(unsigned char opcode) {
+  switch (opcode) {
+    case 't': case 'l': case 0x91: case 'i': case 'o': return {true, 0, 1};
+    case 'd': return {true, 0, 1, true};
+    case '1': return {true, 0, 0};
+    case 'e': case 0x90: return {true, 1, 1};      // the list or set below the MARK stays
+    case 'u': return {true, 1, 1, true};           // so does the dict
+    case '0': return {false, 1, 0};
+    case '2': return {false, 1, 2};
+    case 'p': case 'q': case 'r': case 0x94: case 0x98: case 'Q': case 0x85:
+      return {false, 1, 1};
+    case 'a': case 'b': case 'R': case 0x81: case 0x93: case 0x86: return {false, 2, 1};
+    case 's': case 0x92: case 0x87: return {false, 3, 1};
+    case '(': case 0x80: case 0x95: case '.': return {false, 0, 0};
+    default: return {false, 0, 1};  // every other known opcode pushes one value
+  }
+}
+
+// The first fault of running `opcode` (at byte `start`) on `stack`.
+std::string stack_fault(unsigned char opcode, uint64_t start, Stack& stack) {
+  if (opcode == '(') {
+    stack.marks.push_back(stack.depth);
+    return {};
+  }
+  if (opcode == '.') {
+    if (!stack.marks.empty() || stack.depth != 1) {
+      return fmt::format("STOP at byte {} leaves {} values and {} MARKs, expected 1 value",
+                         start, stack.depth, stack.marks.size());
+    }
+    return {};
+  }
+  const StackEffect effect = stack_effect_of(opcode);
+  if (effect.consumes_mark) {
+    if (stack.marks.empty()) {
+      return fmt::format("opcode 0x{:02x} at byte {} has no MARK before it", opcode, start);
+    }
+    if (effect.pairs && stack.above_mark() % 2 != 0) {
+      return fmt::format("opcode 0x{:02x} at byte {} pairs keys with values, but {} remain",
+                         opcode, start, stack.above_mark());
+    }
+    stack.depth = stack.marks.back();
+    stack.marks.pop_back();
+  }
+  if (stack.above_mark() < static_cast<uint64_t>(effect.pops)) {
+    return fmt::format("opcode 0x{:02x} at byte {} needs {} values on the stack, found {}",
+                       opcode, start, effect.pops, stack.above_mark());
+  }
+  stack.depth = stack.depth - static_cast<uint64_t>(effect.pops) +
+                static_cast<uint64_t>(effect.pushes);
+  return {};
+}
+
 uint64_t little_endian(std::string_view bytes, uint64_t at, int size) {
   uint64_t value = 0;
   for (int i = 0; i < size; ++i) {
@@ -61,6 +135,7 @@ uint64_t little_endian(std::string_view bytes, uint64_t at, int size) {
 std::string pickle_fault(std::string_view pickle) {
   const uint64_t size = pickle.size();
   uint64_t at = 0;
+  Stack stack;
   while (at < size) {
     const auto opcode = static_cast<unsigned char>(pickle[at]);
     const uint64_t start = at++;
@@ -70,7 +145,6 @@ std::string pickle_fault(std::string_view pickle) {
       case Argument::unknown:
         return fmt::format("unknown opcode 0x{:02x} at byte {}", opcode, start);
       case Argument::none:
-        if (opcode == '.') return {};
         break;
       case Argument::fixed:
         if (remaining < static_cast<uint64_t>(layout.size)) {
@@ -127,6 +201,8 @@ std::string pickle_fault(std::string_view pickle) {
         break;
       }
     }
+    if (std::string fault = stack_fault(opcode, start, stack); !fault.empty()) return fault;
+    if (opcode == '.') return {};
   }
   return "no STOP opcode";
 }
