@@ -55,6 +55,32 @@ uint32_t crc32_of(std::string_view bytes) {
 
 std::string shape_text(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
+// LibTorch 1.13 rebuilds a pickled tensor with whatever offset and strides
+// the file names, unchecked against its storage: copying from it reads memory
+// outside the file's data. Empty when every element lies inside the storage.
+std::string view_fault(const torch::Tensor& tensor) {
+  if (tensor.numel() == 0) return {};
+  const int64_t capacity =
+      static_cast<int64_t>(tensor.storage().nbytes()) / static_cast<int64_t>(tensor.element_size());
+  const auto describe = [&] {
+    return fmt::format("offset {}, shape {}, strides {}; its storage holds {} elements",
+                       tensor.storage_offset(), shape_text(tensor.sizes()),
+                       shape_text(tensor.strides()), capacity);
+  };
+  int64_t last = tensor.storage_offset();
+  if (last < 0 || last >= capacity) return "starts outside its storage (" + describe() + ")";
+  for (int64_t dim = 0; dim < tensor.dim(); ++dim) {
+    const int64_t stride = tensor.stride(dim);
+    const int64_t steps = tensor.size(dim) - 1;
+    // Each term stays below capacity, so the sum cannot overflow.
+    if (stride < 0 || (steps > 0 && stride > (capacity - 1 - last) / steps)) {
+      return "reaches outside its storage (" + describe() + ")";
+    }
+    last += steps * stride;
+  }
+  return {};
+}
+
 // JSON has no NaN or infinity; metric values may be either.
 json number_to_json(double value) {
   if (std::isnan(value)) return "nan";
@@ -148,6 +174,9 @@ void apply_weights(const Model& model, std::string_view bytes, const std::string
       throw Error(fmt::format("{}: \"{}\" is a {} {} tensor, expected a dense one", source, name,
                               value.is_quantized() ? "quantized" : "sparse",
                               c10::toString(value.scalar_type())));
+    }
+    if (const std::string fault = view_fault(value); !fault.empty()) {
+      throw Error(fmt::format("{}: \"{}\" {}", source, name, fault));
     }
     try {
       values.push_back(value.to(tensor.device(), tensor.scalar_type()).contiguous());

@@ -459,6 +459,30 @@ TEST_F(CheckpointTest, WeightsThatAreNotDenseTensorsAreNamed) {
   EXPECT_TRUE(torch::equal(linear->weight, torch::ones({2, 4})));
 }
 
+// LibTorch rebuilds a tensor with the offset and strides its file names;
+// these two files are fuzz/corpus/weights/python_state_dict.pt with the
+// weight's offset (data.pkl byte 117), or its first stride (byte 126), set
+// to 255 and the zip remade: loaded, they read memory outside the file.
+TEST_F(CheckpointTest, WeightsThatReachOutsideTheirStorageAreRejected) {
+  torch::nn::Linear linear(3, 2);
+  Model handle(linear);
+  const torch::Tensor before = linear->weight.detach().clone();
+  const std::string data = TRAINLOOP_SOURCE_DIR "/tests/data/";
+  EXPECT_THAT([&] { load_weights(handle, data + "weights_offset_past_storage.pt"); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "weights_offset_past_storage.pt: \"weight\" starts outside its storage "
+                  "(offset 255, shape [2, 3], strides [3, 1]; its storage holds 6 elements)")));
+  EXPECT_THAT([&] { load_weights(handle, data + "weights_stride_past_storage.pt"); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "\"weight\" reaches outside its storage (offset 0, shape [2, 3], strides "
+                  "[255, 1]; its storage holds 6 elements)")));
+  EXPECT_TRUE(torch::equal(linear->weight, before));
+  // The file they were made from loads.
+  load_weights(handle, TRAINLOOP_SOURCE_DIR "/fuzz/corpus/weights/python_state_dict.pt");
+  EXPECT_TRUE(torch::equal(linear->weight, torch::zeros({2, 3})));
+  EXPECT_TRUE(torch::equal(linear->bias, torch::ones({2})));
+}
+
 // Python's torch loads the weights into the same architecture and gets the
 // C++ outputs.
 TEST_F(CheckpointTest, PythonTorchLoadsTheWeightsAndComputesTheSameOutputs) {
