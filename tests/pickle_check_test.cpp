@@ -3,7 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include "../src/io/zip_check.h"
 #include "support/test_support.h"
@@ -74,6 +78,46 @@ TEST(PickleCheckTest, MarksThatAreMissingOrLeftOpen) {
             "STOP at byte 4 leaves 1 values and 1 MARKs, expected 1 value");
   EXPECT_EQ(pickle_fault(bytes("\x80\x02NN.", 5)),
             "STOP at byte 4 leaves 2 values and 0 MARKs, expected 1 value");
+}
+
+// ("storage", torch.<storage_class>, "0", "cpu", <count>) as a persistent
+// id, then STOP; `count` is the opcodes that push the element count.
+std::string storage_pickle(const std::string& storage_class, const std::string& count) {
+  return bytes("\x80\x02(X\x07\x00\x00\x00storage", 15) + "ctorch\n" + storage_class + "\n" +
+         bytes("X\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpu", 14) + count + "tQ.";
+}
+
+TEST(PickleCheckTest, StoragesAreClaimedWithTheirBytes) {
+  std::vector<StorageClaim> claims;
+  const std::string six_floats = storage_pickle("FloatStorage", bytes("K\x06", 2));
+  EXPECT_EQ(pickle_fault(six_floats, &claims), "");
+  ASSERT_EQ(claims.size(), 1u);
+  EXPECT_EQ(claims[0].key, "0");
+  EXPECT_EQ(claims[0].bytes, 24u);
+  EXPECT_EQ(claims[0].at, six_floats.size() - 2);
+  // A LONG1 count, as Python writes counts above 2^31; doubles are 8 bytes.
+  claims.clear();
+  EXPECT_EQ(pickle_fault(storage_pickle("DoubleStorage",
+                                        bytes("\x8a\x05\x00\x00\x00\x00\x01", 7)),
+                         &claims),
+            "");
+  ASSERT_EQ(claims.size(), 1u);
+  EXPECT_EQ(claims[0].bytes, uint64_t{8} << 32);
+}
+
+TEST(PickleCheckTest, PersistentIdsThatAreNoStorage) {
+  const std::string negative = storage_pickle("FloatStorage", bytes("J\xff\xff\xff\xff", 5));
+  EXPECT_EQ(pickle_fault(negative),
+            fmt::format("storage \"0\" at byte {} claims -1 elements", negative.size() - 2));
+  const std::string evil = storage_pickle("EvilStorage", bytes("K\x06", 2));
+  EXPECT_EQ(pickle_fault(evil), fmt::format("persistent id at byte {} names torch.EvilStorage, "
+                                            "not a torch storage class",
+                                            evil.size() - 2));
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02NQ.", 5)),
+            "persistent id at byte 3 is not (\"storage\", torch.<Type>Storage, key, location, "
+            "element count)");
+  EXPECT_EQ(pickle_fault(bytes("\x80\x02h\x00.", 5)),
+            "opcode 0x68 at byte 2 reads memo 0, which nothing stored");
 }
 
 // The weights file on which LibTorch 1.13's unpickler reserved 1.6 GB for a

@@ -154,5 +154,42 @@ TEST(ZipCheckTest, TheFuzzersCrashingInputIsRejected) {
   EXPECT_NE(zip_archive_fault(crash), "");
 }
 
+TEST(ZipCheckTest, AStorageWithoutItsRecordIsRejected) {
+  std::string bytes = pickled_state_dict();
+  // Renamed in the central directory, where readers look records up.
+  const size_t name = bytes.find("archive/data/1", first_central_header(bytes));
+  ASSERT_NE(name, std::string::npos);
+  bytes[name + 13] = '7';
+  EXPECT_THAT(zip_archive_fault(bytes),
+              testing::MatchesRegex("archive/data.pkl: storage \"1\" \\(byte [0-9]+\\) is not in "
+                                    "the archive; expected archive/data/1"));
+}
+
+// LibTorch's zip reader finds "data.pkl" whatever the case of its name: a
+// fuzzer input that named it "data.pkL" got its 1.6 GB string past the check.
+TEST(ZipCheckTest, NamesAreMatchedWhateverTheirCase) {
+  const std::string input =
+      read_text(TRAINLOOP_SOURCE_DIR "/fuzz/findings/weights-pickle-name-case");
+  EXPECT_THAT(zip_archive_fault(input), HasSubstr("archive/data.pkL: a string of 1665400849 bytes"));
+  std::string bytes = pickled_state_dict();
+  const size_t name = bytes.find("archive/data/1", first_central_header(bytes));
+  ASSERT_NE(name, std::string::npos);
+  bytes[name + 13] = '0';  // now "archive/data/0" twice
+  EXPECT_THAT(zip_archive_fault(bytes),
+              HasSubstr("has the name of an earlier entry (archive/data/0, ignoring case)"));
+  bytes = pickled_state_dict();
+  bytes.replace(bytes.find("archive/data/1", first_central_header(bytes)), 14, "ARCHIVE/DATA/1");
+  EXPECT_EQ(zip_archive_fault(bytes), "");
+}
+
+// A fuzzer input whose pickle sizes the bias's storage at 5 floats while
+// its record holds none: LibTorch read through a null pointer (SEGV).
+TEST(ZipCheckTest, AStorageLargerThanItsRecordIsRejected) {
+  const std::string input = read_text(TRAINLOOP_SOURCE_DIR "/fuzz/findings/weights-short-record");
+  EXPECT_EQ(zip_archive_fault(input),
+            "python_state_dict/data.pkl: storage \"1\" (byte 204) needs 20 bytes, "
+            "python_state_dict/data/1 holds 0");
+}
+
 }  // namespace
 }  // namespace trainloop::io

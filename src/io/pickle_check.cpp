@@ -3,6 +3,10 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace trainloop::io {
@@ -49,17 +53,68 @@ Layout layout_of(unsigned char opcode) {
   }
 }
 
-// The pickle machine's stack, as far as its shape: how many values it holds
-// and where each open MARK stands. LibTorch 1.13's unpickler pops without
-// checking, so a REDUCE or TUPLE3 on too short a stack frees memory it does
-// not own (found by fuzz/weights_fuzzer).
-struct Stack {
-  uint64_t depth = 0;
-  std::vector<uint64_t> marks;
+uint64_t little_endian(std::string_view bytes, uint64_t at, int size) {
+  uint64_t value = 0;
+  for (int i = 0; i < size; ++i) {
+    value |= uint64_t{static_cast<unsigned char>(bytes[at + static_cast<uint64_t>(i)])} << (8 * i);
+  }
+  return value;
+}
 
-  // Values above the topmost MARK: all an opcode other than a MARK's
-  // consumer may pop, as in Python's unpickler.
-  uint64_t above_mark() const { return depth - (marks.empty() ? 0 : marks.back()); }
+// What the walk knows of a value on the pickle's stack: enough to read a
+// persistent id, ("storage", torch.<Type>Storage, key, location, count).
+// Copies share their text and items, so DUP and GET cost no more than in
+// LibTorch.
+struct Value {
+  enum class Kind { other, text, integer, global, tuple };
+  Kind kind = Kind::other;
+  int64_t integer = 0;
+  std::shared_ptr<const std::string> text;  // a string's, or a global's "module.name"
+  std::shared_ptr<const std::vector<Value>> items;  // a tuple's
+};
+
+Value text_value(Value::Kind kind, std::string text) {
+  Value value;
+  value.kind = kind;
+  value.text = std::make_shared<const std::string>(std::move(text));
+  return value;
+}
+
+Value integer_value(int64_t integer) {
+  Value value;
+  value.kind = Value::Kind::integer;
+  value.integer = integer;
+  return value;
+}
+
+Value tuple_value(std::vector<Value> items) {
+  Value value;
+  value.kind = Value::Kind::tuple;
+  value.items = std::make_shared<const std::vector<Value>>(std::move(items));
+  return value;
+}
+
+bool is_text(const Value& value, Value::Kind kind) { return value.kind == kind && value.text; }
+
+// Bytes per element of the storage classes torch pickles; 0 for others.
+uint64_t element_bytes(std::string_view storage_class) {
+  static const std::map<std::string_view, uint64_t> sizes = {
+      {"torch.BoolStorage", 1},     {"torch.ByteStorage", 1},        {"torch.CharStorage", 1},
+      {"torch.QInt8Storage", 1},    {"torch.QUInt8Storage", 1},      {"torch.QUInt4x2Storage", 1},
+      {"torch.QUInt2x4Storage", 1}, {"torch.ShortStorage", 2},       {"torch.HalfStorage", 2},
+      {"torch.BFloat16Storage", 2}, {"torch.IntStorage", 4},         {"torch.FloatStorage", 4},
+      {"torch.QInt32Storage", 4},   {"torch.ComplexHalfStorage", 4}, {"torch.LongStorage", 8},
+      {"torch.DoubleStorage", 8},   {"torch.ComplexFloatStorage", 8},
+      {"torch.ComplexDoubleStorage", 16}};
+  const auto found = sizes.find(storage_class);
+  return found == sizes.end() ? 0 : found->second;
+}
+
+// An opcode's argument, as the walk read it.
+struct Operand {
+  std::string_view bytes;   // a counted or fixed argument's bytes, a line, GLOBAL's module
+  std::string_view second;  // GLOBAL's name
+  uint64_t number = 0;      // a fixed argument or memo index, little-endian
 };
 
 // How many values an opcode pops (beyond a MARK's) and pushes.
@@ -75,8 +130,8 @@ StackEffect stack_effect_of(unsigned char opcode) {
     case 't': case 'l': case 0x91: case 'i': case 'o': return {true, 0, 1};
     case 'd': return {true, 0, 1, true};
     case '1': return {true, 0, 0};
-    case 'e': case 0x90: return {true, 1, 1};      // the list or set below the MARK stays
-    case 'u': return {true, 1, 1, true};           // so does the dict
+    case 'e': case 0x90: return {true, 1, 1};  // the list or set below the MARK stays
+    case 'u': return {true, 1, 1, true};       // so does the dict
     case '0': return {false, 1, 0};
     case '2': return {false, 1, 2};
     case 'p': case 'q': case 'r': case 0x94: case 0x98: case 'Q': case 0x85:
@@ -88,59 +143,168 @@ StackEffect stack_effect_of(unsigned char opcode) {
   }
 }
 
-// The first fault of running `opcode` (at byte `start`) on `stack`.
-std::string stack_fault(unsigned char opcode, uint64_t start, Stack& stack) {
-  if (opcode == '(') {
-    stack.marks.push_back(stack.depth);
-    return {};
-  }
-  if (opcode == '.') {
-    if (!stack.marks.empty() || stack.depth != 1) {
-      return fmt::format("STOP at byte {} leaves {} values and {} MARKs, expected 1 value",
-                         start, stack.depth, stack.marks.size());
-    }
-    return {};
-  }
-  const StackEffect effect = stack_effect_of(opcode);
-  if (effect.consumes_mark) {
-    if (stack.marks.empty()) {
-      return fmt::format("opcode 0x{:02x} at byte {} has no MARK before it", opcode, start);
-    }
-    if (effect.pairs && stack.above_mark() % 2 != 0) {
-      return fmt::format("opcode 0x{:02x} at byte {} pairs keys with values, but {} remain",
-                         opcode, start, stack.above_mark());
-    }
-    stack.depth = stack.marks.back();
-    stack.marks.pop_back();
-  }
-  if (stack.above_mark() < static_cast<uint64_t>(effect.pops)) {
-    return fmt::format("opcode 0x{:02x} at byte {} needs {} values on the stack, found {}",
-                       opcode, start, effect.pops, stack.above_mark());
-  }
-  stack.depth = stack.depth - static_cast<uint64_t>(effect.pops) +
-                static_cast<uint64_t>(effect.pushes);
-  return {};
-}
+// The pickle machine as far as the walk follows it. LibTorch 1.13's
+// unpickler pops without checking, so a REDUCE or TUPLE3 on too short a stack
+// frees memory it does not own (found by fuzz/weights_fuzzer).
+class Machine {
+ public:
+  explicit Machine(std::vector<StorageClaim>* claims) : claims_(claims) {}
 
-uint64_t little_endian(std::string_view bytes, uint64_t at, int size) {
-  uint64_t value = 0;
-  for (int i = 0; i < size; ++i) {
-    value |= uint64_t{static_cast<unsigned char>(bytes[at + static_cast<uint64_t>(i)])} << (8 * i);
+  // The first fault of running `opcode` (at byte `start`).
+  std::string step(unsigned char opcode, uint64_t start, const Operand& argument) {
+    if (opcode == '(') {
+      marks_.push_back(values_.size());
+      return {};
+    }
+    if (opcode == '.') {
+      if (!marks_.empty() || values_.size() != 1) {
+        return fmt::format("STOP at byte {} leaves {} values and {} MARKs, expected 1 value",
+                           start, values_.size(), marks_.size());
+      }
+      return {};
+    }
+    const StackEffect effect = stack_effect_of(opcode);
+    std::vector<Value> marked;
+    if (effect.consumes_mark) {
+      if (marks_.empty()) {
+        return fmt::format("opcode 0x{:02x} at byte {} has no MARK before it", opcode, start);
+      }
+      if (effect.pairs && above_mark() % 2 != 0) {
+        return fmt::format("opcode 0x{:02x} at byte {} pairs keys with values, but {} remain",
+                           opcode, start, above_mark());
+      }
+      const auto first = values_.begin() + static_cast<std::ptrdiff_t>(marks_.back());
+      marked.assign(std::make_move_iterator(first), std::make_move_iterator(values_.end()));
+      values_.erase(first, values_.end());
+      marks_.pop_back();
+    }
+    if (above_mark() < static_cast<size_t>(effect.pops)) {
+      return fmt::format("opcode 0x{:02x} at byte {} needs {} values on the stack, found {}",
+                         opcode, start, effect.pops, above_mark());
+    }
+    const auto popped_from = values_.end() - effect.pops;
+    std::vector<Value> popped(std::make_move_iterator(popped_from),
+                              std::make_move_iterator(values_.end()));
+    values_.erase(popped_from, values_.end());
+    Value pushed;
+    switch (opcode) {
+      case 'K': case 'M': pushed = integer_value(static_cast<int64_t>(argument.number)); break;
+      case 'J':
+        pushed = integer_value(static_cast<int32_t>(static_cast<uint32_t>(argument.number)));
+        break;
+      case 0x8a: pushed = long_value(argument.bytes); break;
+      case 'X': case 0x8c: case 0x8d: case 'U': case 'T':
+        if (argument.bytes.size() <= kLongestText) {
+          pushed = text_value(Value::Kind::text, std::string(argument.bytes));
+        }
+        break;
+      case 'c':
+        pushed = text_value(Value::Kind::global,
+                            fmt::format("{}.{}", argument.bytes, argument.second));
+        break;
+      case 0x93:
+        if (is_text(popped[0], Value::Kind::text) && is_text(popped[1], Value::Kind::text)) {
+          pushed = text_value(Value::Kind::global,
+                              fmt::format("{}.{}", *popped[0].text, *popped[1].text));
+        }
+        break;
+      case ')': pushed = tuple_value({}); break;
+      case 't': pushed = tuple_value(std::move(marked)); break;
+      case 0x85: case 0x86: case 0x87: pushed = tuple_value(std::move(popped)); break;
+      case 'p': case 'q': case 'r': case 0x94: {
+        const uint64_t index = opcode == 0x94 ? memoized_++ : argument.number;
+        memo_[index] = popped[0];
+        pushed = std::move(popped[0]);
+        break;
+      }
+      case 'g': case 'h': case 'j': {
+        const auto found = memo_.find(argument.number);
+        if (found == memo_.end()) {
+          return fmt::format("opcode 0x{:02x} at byte {} reads memo {}, which nothing stored",
+                             opcode, start, argument.number);
+        }
+        pushed = found->second;
+        break;
+      }
+      case '2':
+        values_.push_back(popped[0]);
+        pushed = std::move(popped[0]);
+        break;
+      case 'Q':
+        if (std::string fault = claim_storage(popped[0], start); !fault.empty()) return fault;
+        break;
+      default: break;
+    }
+    if (effect.pushes > 0) values_.push_back(std::move(pushed));
+    return {};
   }
-  return value;
-}
+
+ private:
+  // Storage keys and class names are short; longer strings need not be kept.
+  static constexpr size_t kLongestText = 256;
+
+  // Values above the topmost MARK: all an opcode other than a MARK's
+  // consumer may pop, as in Python's unpickler.
+  size_t above_mark() const { return values_.size() - (marks_.empty() ? 0 : marks_.back()); }
+
+  // LONG1's little-endian two's complement, when it fits 64 bits.
+  static Value long_value(std::string_view bytes) {
+    if (bytes.empty() || bytes.size() > 8) return {};
+    uint64_t value = little_endian(bytes, 0, static_cast<int>(bytes.size()));
+    const int bits = static_cast<int>(bytes.size()) * 8;
+    if (bits < 64 && (value >> (bits - 1)) != 0) value |= ~uint64_t{0} << bits;
+    return integer_value(static_cast<int64_t>(value));
+  }
+
+  std::string claim_storage(const Value& id, uint64_t start) {
+    const auto malformed = [&] {
+      return fmt::format("persistent id at byte {} is not (\"storage\", torch.<Type>Storage, key, "
+                         "location, element count)",
+                         start);
+    };
+    if (id.kind != Value::Kind::tuple || id.items->size() != 5) return malformed();
+    const std::vector<Value>& items = *id.items;
+    if (!is_text(items[0], Value::Kind::text) || *items[0].text != "storage" ||
+        !is_text(items[1], Value::Kind::global) || !is_text(items[2], Value::Kind::text) ||
+        !is_text(items[3], Value::Kind::text) || items[4].kind != Value::Kind::integer) {
+      return malformed();
+    }
+    const uint64_t element = element_bytes(*items[1].text);
+    if (element == 0) {
+      return fmt::format("persistent id at byte {} names {}, not a torch storage class", start,
+                         *items[1].text);
+    }
+    const int64_t count = items[4].integer;
+    // 2^56 bytes is far beyond any machine; the bound keeps the product exact.
+    if (count < 0 || static_cast<uint64_t>(count) > (uint64_t{1} << 56) / element) {
+      return fmt::format("storage \"{}\" at byte {} claims {} elements", *items[2].text, start,
+                         count);
+    }
+    if (claims_ != nullptr) {
+      claims_->push_back({*items[2].text, static_cast<uint64_t>(count) * element, start});
+    }
+    return {};
+  }
+
+  std::vector<Value> values_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, Value> memo_;
+  uint64_t memoized_ = 0;
+  std::vector<StorageClaim>* claims_;
+};
 
 }  // namespace
 
-std::string pickle_fault(std::string_view pickle) {
+std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* claims) {
   const uint64_t size = pickle.size();
   uint64_t at = 0;
-  Stack stack;
+  Machine machine(claims);
   while (at < size) {
     const auto opcode = static_cast<unsigned char>(pickle[at]);
     const uint64_t start = at++;
     const Layout layout = layout_of(opcode);
     const uint64_t remaining = size - at;
+    Operand operand;
     switch (layout.argument) {
       case Argument::unknown:
         return fmt::format("unknown opcode 0x{:02x} at byte {}", opcode, start);
@@ -150,6 +314,8 @@ std::string pickle_fault(std::string_view pickle) {
         if (remaining < static_cast<uint64_t>(layout.size)) {
           return fmt::format("opcode 0x{:02x} at byte {} is cut short", opcode, start);
         }
+        operand.bytes = pickle.substr(at, static_cast<size_t>(layout.size));
+        operand.number = little_endian(pickle, at, layout.size);
         at += static_cast<uint64_t>(layout.size);
         break;
       case Argument::counted:
@@ -165,11 +331,13 @@ std::string pickle_fault(std::string_view pickle) {
             return fmt::format("memo index {} at byte {} in a pickle of {} bytes", value, start,
                                size);
           }
+          operand.number = value;
         } else {
           if (value > size - at) {
             return fmt::format("a string of {} bytes at byte {}, where {} remain", value, start,
                                size - at);
           }
+          operand.bytes = pickle.substr(at, static_cast<size_t>(value));
           at += value;
         }
         break;
@@ -183,10 +351,11 @@ std::string pickle_fault(std::string_view pickle) {
           if (newline == std::string_view::npos) {
             return fmt::format("opcode 0x{:02x} at byte {} has no end of line", opcode, start);
           }
+          const std::string_view text = pickle.substr(at, newline - at);
+          (line == 0 ? operand.bytes : operand.second) = text;
           if (layout.argument == Argument::text_memo) {
             uint64_t index = 0;
-            for (uint64_t i = at; i < newline; ++i) {
-              const char digit = pickle[i];
+            for (const char digit : text) {
               if (digit < '0' || digit > '9' || index >= size) {
                 return fmt::format("memo index at byte {} is not a number below {}", start, size);
               }
@@ -195,13 +364,14 @@ std::string pickle_fault(std::string_view pickle) {
             if (index >= size) {
               return fmt::format("memo index at byte {} is not a number below {}", start, size);
             }
+            operand.number = index;
           }
           at = newline + 1;
         }
         break;
       }
     }
-    if (std::string fault = stack_fault(opcode, start, stack); !fault.empty()) return fault;
+    if (std::string fault = machine.step(opcode, start, operand); !fault.empty()) return fault;
     if (opcode == '.') return {};
   }
   return "no STOP opcode";

@@ -3,12 +3,15 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "pickle_check.h"
-
 
 namespace trainloop::io {
 
@@ -146,6 +149,14 @@ void read_zip64_extra(const Reader& in, uint64_t extra, uint64_t extra_end, uint
   }
 }
 
+std::string folded_case(std::string_view name) {
+  std::string folded(name);
+  for (char& c : folded) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return folded;
+}
+
 }  // namespace
 
 std::string zip_archive_fault(std::string_view bytes) try {
@@ -153,6 +164,8 @@ std::string zip_archive_fault(std::string_view bytes) try {
   const Directory directory = read_directory(in);
   uint64_t at = directory.offset;
   const uint64_t directory_end = directory.offset + directory.size;
+  std::map<std::string, uint64_t, std::less<>> record_sizes;
+  std::vector<std::pair<std::string, StorageClaim>> claims;  // by the pickle that makes them
   for (uint64_t i = 0; i < directory.entries; ++i) {
     const std::string entry = fmt::format("central directory entry {}", i + 1);
     if (at + 46 > directory_end || in.at<uint32_t>(at, "central header") != kCentralHeader) {
@@ -197,12 +210,36 @@ std::string zip_archive_fault(std::string_view bytes) try {
     }
     // LibTorch's unpickler trusts the lengths and indices in its pickles.
     const std::string_view name = bytes.substr(at + 46, name_length);
-    if (name.size() >= 4 && name.substr(name.size() - 4) == ".pkl") {
+    // LibTorch's zip reader (miniz) finds records by name regardless of case,
+    // and either of two that share one.
+    const std::string folded = folded_case(name);
+    if (!record_sizes.emplace(folded, uncompressed).second) {
+      in.fail(fmt::format("{} has the name of an earlier entry ({}, ignoring case)", entry, name));
+    }
+    if (folded.size() >= 4 && folded.substr(folded.size() - 4) == ".pkl") {
       if (method != 0) in.fail(fmt::format("{} is deflated; torch stores its pickles", name));
-      const std::string fault = pickle_fault(bytes.substr(data, compressed));
+      std::vector<StorageClaim> found;
+      const std::string fault = pickle_fault(bytes.substr(data, compressed), &found);
       if (!fault.empty()) in.fail(fmt::format("{}: {}", name, fault));
+      for (auto& claim : found) claims.emplace_back(folded, std::move(claim));
     }
     at = next;
+  }
+  // LibTorch sizes a storage by its pickle's count, whatever its record
+  // holds: a shorter record would be read past its end. Those of
+  // "archive/data.pkl" are "archive/data/<key>".
+  for (const auto& [pickle, claim] : claims) {
+    if (claim.bytes == 0) continue;  // LibTorch reads no record for an empty storage
+    const std::string record = pickle.substr(0, pickle.size() - 4) + "/" + folded_case(claim.key);
+    const auto found = record_sizes.find(record);
+    if (found == record_sizes.end()) {
+      in.fail(fmt::format("{}: storage \"{}\" (byte {}) is not in the archive; expected {}",
+                          pickle, claim.key, claim.at, record));
+    }
+    if (found->second < claim.bytes) {
+      in.fail(fmt::format("{}: storage \"{}\" (byte {}) needs {} bytes, {} holds {}", pickle,
+                          claim.key, claim.at, claim.bytes, record, found->second));
+    }
   }
   return {};
 } catch (const Fault& fault) {

@@ -16,7 +16,8 @@ namespace trainloop::io {
 /// disk, every entry stored or deflated (as torch writes them) and no
 /// deflated entry claiming more than deflate can expand to. Zip64 records and
 /// fields are read, and must agree with the 32-bit ones they stand beside.
-/// Every stored `.pkl` entry must also pass `pickle_fault`.
+/// Every stored `.pkl` entry must also pass `pickle_fault`, and each storage
+/// it names must be a record holding at least the bytes the pickle claims.
 std::string zip_archive_fault(std::string_view bytes);
 
 }  // namespace trainloop::io
