@@ -39,6 +39,16 @@ std::vector<std::string> LoopState::metric_names() const {
   return names;
 }
 
+std::map<std::string, double> LoopState::metric_values() const {
+  std::map<std::string, double> values;
+  // emplace keeps the first of two metrics sharing a name, as metric() does.
+  for (const auto& metric : training_metrics) values.emplace(metric->name(), metric->compute());
+  for (const auto& metric : validation_metrics) {
+    values.emplace(kValidationPrefix + metric->name(), metric->compute());
+  }
+  return values;
+}
+
 const std::vector<std::shared_ptr<Metric>>& LoopState::phase_metrics() const {
   return phase == Phase::training ? training_metrics : validation_metrics;
 }

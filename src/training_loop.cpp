@@ -251,11 +251,7 @@ void TrainingLoop::phase(Event start, Event end, int cancel_level, Body&& body) 
   phase(start, end, cancel_level, std::forward<Body>(body), [] {});
 }
 
-void TrainingLoop::record_history() {
-  std::map<std::string, double> values;
-  for (const auto& name : state_.metric_names()) values[name] = state_.metric(name);
-  state_.history.push_back(std::move(values));
-}
+void TrainingLoop::record_history() { state_.history.push_back(state_.metric_values()); }
 
 void TrainingLoop::begin_run(const Model& model, torch::Device device) {
   model_.emplace(model);

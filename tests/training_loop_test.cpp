@@ -249,6 +249,14 @@ TEST_F(LoopFixture, MetricsMatchAManualPassAfterTraining) {
   // Validation batches are equal-sized, so the batch-weighted mean equals the full mean.
   EXPECT_NEAR(loop.state().metric("val_loss"), loss, 1e-6);
   EXPECT_DOUBLE_EQ(loop.state().metric("val_accuracy"), accuracy);
+  // The history's last epoch holds the same values, under every name.
+  const std::map<std::string, double> values = loop.state().metric_values();
+  ASSERT_EQ(loop.state().history.size(), 3u);
+  EXPECT_EQ(loop.state().history.back(), values);
+  ASSERT_EQ(values.size(), 4u);
+  for (const auto& name : loop.state().metric_names()) {
+    EXPECT_DOUBLE_EQ(values.at(name), loop.state().metric(name)) << name;
+  }
   EXPECT_THAT([&] { loop.state().metric("val_f1"); },
               testing::ThrowsMessage<Error>(HasSubstr("known: loss, accuracy, val_loss, val_accuracy")));
 }

@@ -84,6 +84,9 @@ struct LoopState {
   double metric(const std::string& name) const;
   /// All metric names: training ones, then validation ones with "val_".
   std::vector<std::string> metric_names() const;
+  /// Every metric's value by log name, as `metric` gives each (what the
+  /// history records at each epoch).
+  std::map<std::string, double> metric_values() const;
   /// The metrics of the running phase (validation ones while validating).
   const std::vector<std::shared_ptr<Metric>>& phase_metrics() const;
 

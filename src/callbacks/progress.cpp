@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -76,7 +77,8 @@ std::string format_metrics(const std::vector<std::shared_ptr<Metric>>& metrics,
   std::string text;
   if (!phase_ran) return text;
   for (const auto& metric : metrics) {
-    text += fmt::format(" {}{} {:.4f}", prefix, metric->name(), metric->compute());
+    fmt::format_to(std::back_inserter(text), " {}{} {:.4f}", prefix, metric->name(),
+                   metric->compute());
   }
   return text;
 }
