@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,11 +12,11 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -28,18 +27,12 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using testing::AllOf;
 using testing::HasSubstr;
+using testing_support::read_text;
 using testing::ThrowsMessage;
 
 data::TensorDataset make_dataset(int64_t size, uint64_t seed) {
   torch::manual_seed(seed);
   return data::TensorDataset(torch::randn({size, 4}), torch::randint(0, 3, {size}));
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 void write_text(const fs::path& path, const std::string& text) {
@@ -51,14 +44,11 @@ json read_log(const fs::path& path) {
   const std::string command =
       fmt::format("'{}' '{}/tests/python/check_csv_log.py' '{}' 2>&1", TRAINLOOP_PYTHON,
                   TRAINLOOP_SOURCE_DIR, path.string());
-  std::FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) throw std::runtime_error("popen failed: " + command);
-  std::string output;
-  char chunk[4096];
-  for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, pipe)) > 0;) output.append(chunk, n);
-  const int status = pclose(pipe);
-  if (status != 0) throw std::runtime_error(fmt::format("{} failed: {}", command, output));
-  return json::parse(output);
+  const testing_support::CommandResult result = testing_support::run_command(command);
+  if (result.status != 0) {
+    throw std::runtime_error(fmt::format("{} failed: {}", command, result.output));
+  }
+  return json::parse(result.output);
 }
 
 // A number the script wrote as float.hex() (or nan/inf/-inf).
@@ -162,19 +152,9 @@ struct CsvLoggerTest : testing::Test {
   // 3 training batches and 2 validation batches of 4.
   data::TensorDataset train = make_dataset(12, 1);
   data::TensorDataset valid = make_dataset(8, 2);
-  fs::path dir;
-  fs::path log;
-
-  CsvLoggerTest() {
-    std::string pattern = (fs::temp_directory_path() / "csv_logger_test.XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    dir = pattern;
-    log = dir / "log.csv";
-  }
-  ~CsvLoggerTest() override {
-    std::error_code ignored;
-    fs::remove_all(dir, ignored);
-  }
+  testing_support::TempDir scratch;
+  fs::path dir = scratch.path;
+  fs::path log = dir / "log.csv";
 
   TrainingLoop make_loop(std::vector<std::shared_ptr<Callback>> callbacks) {
     return TrainingLoop(data::Epochs(train, 4).seed(3), data::Batches(valid, 4), optimizer,

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "trainloop/error.h"
 
 namespace {
@@ -362,17 +363,9 @@ TEST(CsvTest, Limits) {
 
 class CsvFileTest : public testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("trainloop_csv_test_") + info->name() + "_" +
-            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   std::string write(const std::string& name, const std::string& bytes) {
-    const std::string path = (dir_ / name).string();
+    const std::string path = (scratch_.path / name).string();
     std::ofstream(path, std::ios::binary) << bytes;
     return path;
   }
@@ -392,17 +385,18 @@ class CsvFileTest : public testing::Test {
     return out;
   }
 
-  fs::path dir_;
+  trainloop::testing_support::TempDir scratch_;
 };
 
 TEST_F(CsvFileTest, MissingFile) {
-  const std::string path = (dir_ / "none.csv").string();
+  const std::string path = (scratch_.path / "none.csv").string();
   EXPECT_THAT([&] { read_csv_table(path); },
               ThrowsMessage<Error>(HasSubstr(path + ": cannot open: No such file or directory")));
   EXPECT_THAT([&] { read_sklearn_csv(path + ".gz"); },
               ThrowsMessage<Error>(HasSubstr("cannot open: No such file or directory")));
-  EXPECT_THAT([&] { read_csv_table(dir_.string()); },
-              ThrowsMessage<Error>(HasSubstr(dir_.string() + ": read error: Is a directory")));
+  EXPECT_THAT([&] { read_csv_table(scratch_.path.string()); },
+              ThrowsMessage<Error>(
+                  HasSubstr(scratch_.path.string() + ": read error: Is a directory")));
 }
 
 TEST_F(CsvFileTest, ErrorsNameTheFile) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "trainloop/error.h"
 
 namespace {
@@ -61,17 +62,9 @@ std::string gzip(const std::string& bytes) {
 
 class IdxTest : public testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("trainloop_idx_test_") + info->name() + "_" +
-            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
   std::string write_plain(const std::string& name, const std::string& bytes) {
-    const std::string path = (dir_ / name).string();
+    const std::string path = (scratch_.path / name).string();
     std::ofstream(path, std::ios::binary) << bytes;
     return path;
   }
@@ -85,7 +78,7 @@ class IdxTest : public testing::Test {
     return std::string(std::istreambuf_iterator<char>(in), {});
   }
 
-  fs::path dir_;
+  trainloop::testing_support::TempDir scratch_;
 };
 
 TEST_F(IdxTest, ReadsUint8PlainAndGzip) {
@@ -154,10 +147,10 @@ TEST_F(IdxTest, ReadsDataset) {
 }
 
 TEST_F(IdxTest, MissingFile) {
-  const std::string path = (dir_ / "nothing-idx3-ubyte.gz").string();
+  const std::string path = (scratch_.path / "nothing-idx3-ubyte.gz").string();
   EXPECT_THAT([&] { read_idx(path); },
               ThrowsMessage<Error>(HasSubstr(path + ": cannot open: No such file or directory")));
-  EXPECT_THAT([&] { read_idx((dir_ / "nothing").string()); },
+  EXPECT_THAT([&] { read_idx((scratch_.path / "nothing").string()); },
               ThrowsMessage<Error>(HasSubstr("No such file or directory")));
 }
 
