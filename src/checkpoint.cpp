@@ -22,6 +22,7 @@
 
 #include "checkpoint_restore.h"
 #include "io/files.h"
+#include "io/state_dict.h"
 #include "io/zip_check.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
@@ -54,32 +55,6 @@ uint32_t crc32_of(std::string_view bytes) {
 }
 
 std::string shape_text(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
-
-// LibTorch 1.13 rebuilds a pickled tensor with whatever offset and strides
-// the file names, unchecked against its storage: copying from it reads memory
-// outside the file's data. Empty when every element lies inside the storage.
-std::string view_fault(const torch::Tensor& tensor) {
-  if (tensor.numel() == 0) return {};
-  const int64_t capacity =
-      static_cast<int64_t>(tensor.storage().nbytes()) / static_cast<int64_t>(tensor.element_size());
-  const auto describe = [&] {
-    return fmt::format("offset {}, shape {}, strides {}; its storage holds {} elements",
-                       tensor.storage_offset(), shape_text(tensor.sizes()),
-                       shape_text(tensor.strides()), capacity);
-  };
-  int64_t last = tensor.storage_offset();
-  if (last < 0 || last >= capacity) return "starts outside its storage (" + describe() + ")";
-  for (int64_t dim = 0; dim < tensor.dim(); ++dim) {
-    const int64_t stride = tensor.stride(dim);
-    const int64_t steps = tensor.size(dim) - 1;
-    // Each term stays below capacity, so the sum cannot overflow.
-    if (stride < 0 || (steps > 0 && stride > (capacity - 1 - last) / steps)) {
-      return "reaches outside its storage (" + describe() + ")";
-    }
-    last += steps * stride;
-  }
-  return {};
-}
 
 // JSON has no NaN or infinity; metric values may be either.
 json number_to_json(double value) {
@@ -123,26 +98,11 @@ std::string weights_bytes(const Model& model) {
 // model keeps referring to the same tensors). Checks everything first, so a
 // mismatch leaves the model as it was.
 void apply_weights(const Model& model, std::string_view bytes, const std::string& source) {
-  if (const std::string fault = io::zip_archive_fault(bytes); !fault.empty()) {
-    throw Error(fmt::format("{}: not a state dict that torch can read: {}", source, fault));
-  }
-  c10::IValue value;
+  std::map<std::string, io::StateEntry> saved;
   try {
-    value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
-  } catch (const std::exception& e) {
-    throw Error(fmt::format("{}: not a state dict that torch can read: {}", source,
-                            std::string(e.what()).substr(0, 200)));
-  }
-  if (!value.isGenericDict()) {
-    throw Error(fmt::format("{}: holds a {}, expected a dict of tensors", source,
-                            value.tagKind()));
-  }
-  std::map<std::string, torch::Tensor> saved;
-  for (const auto& entry : value.toGenericDict()) {
-    if (!entry.key().isString() || !entry.value().isTensor()) {
-      throw Error(fmt::format("{}: expected a dict of names to tensors", source));
-    }
-    saved[entry.key().toStringRef()] = entry.value().toTensor();
+    for (auto& entry : io::read_state_dict(bytes)) saved[entry.name] = std::move(entry);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: not a state dict that torch can read: {}", source, e.what()));
   }
   const auto entries = state_entries(model);
   std::set<std::string> names;
@@ -153,15 +113,20 @@ void apply_weights(const Model& model, std::string_view bytes, const std::string
       throw Error(fmt::format("{}: holds no \"{}\", which the model has (shape {})", source, name,
                               shape_text(tensor.sizes())));
     }
-    if (found->second.sizes() != tensor.sizes()) {
+    if (!found->second.problem.empty()) {
+      throw Error(fmt::format("{}: \"{}\" {}", source, name, found->second.problem));
+    }
+    if (found->second.tensor.sizes() != tensor.sizes()) {
       throw Error(fmt::format("{}: \"{}\" has shape {}, the model's has {}", source, name,
-                              shape_text(found->second.sizes()), shape_text(tensor.sizes())));
+                              shape_text(found->second.tensor.sizes()), shape_text(tensor.sizes())));
     }
   }
-  for (const auto& [name, tensor] : saved) {
+  for (const auto& [name, entry] : saved) {
     if (names.count(name) == 0) {
-      throw Error(fmt::format("{}: holds \"{}\" (shape {}), which the model does not have", source,
-                              name, shape_text(tensor.sizes())));
+      throw Error(fmt::format("{}: holds \"{}\"{}, which the model does not have", source, name,
+                              entry.tensor.defined()
+                                  ? fmt::format(" (shape {})", shape_text(entry.tensor.sizes()))
+                                  : ""));
     }
   }
   // Every value is converted before any is copied, so a file that fails
@@ -169,15 +134,7 @@ void apply_weights(const Model& model, std::string_view bytes, const std::string
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> values;
   for (const auto& [name, tensor] : entries) {
-    const torch::Tensor& value = saved.at(name);
-    if (value.is_quantized() || value.layout() != torch::kStrided) {
-      throw Error(fmt::format("{}: \"{}\" is a {} {} tensor, expected a dense one", source, name,
-                              value.is_quantized() ? "quantized" : "sparse",
-                              c10::toString(value.scalar_type())));
-    }
-    if (const std::string fault = view_fault(value); !fault.empty()) {
-      throw Error(fmt::format("{}: \"{}\" {}", source, name, fault));
-    }
+    const torch::Tensor& value = saved.at(name).tensor;
     try {
       values.push_back(value.to(tensor.device(), tensor.scalar_type()).contiguous());
     } catch (const c10::Error& e) {

@@ -451,7 +451,7 @@ TEST_F(CheckpointTest, WeightsThatAreNotDenseTensorsAreNamed) {
   // The weight comes first and is fine; the bias fails: neither changes.
   save(torch::ones({2, 4}), torch::zeros({2}).to_sparse());
   EXPECT_THAT([&] { load_weights(handle, path); },
-              ThrowsMessage<Error>(HasSubstr("\"bias\" is a sparse Float tensor")));
+              ThrowsMessage<Error>(HasSubstr("\"bias\" is a sparse tensor, expected a dense one")));
   EXPECT_TRUE(torch::equal(linear->weight, before));
   EXPECT_TRUE(torch::equal(linear->bias, bias_before));
   save(torch::ones({2, 4}, torch::kFloat64), torch::zeros({2}));  // other dtypes convert, as copy_ does
@@ -481,6 +481,30 @@ TEST_F(CheckpointTest, WeightsThatReachOutsideTheirStorageAreRejected) {
   load_weights(handle, TRAINLOOP_SOURCE_DIR "/fuzz/corpus/weights/python_state_dict.pt");
   EXPECT_TRUE(torch::equal(linear->weight, torch::zeros({2, 3})));
   EXPECT_TRUE(torch::equal(linear->bias, torch::ones({2})));
+}
+
+// What Python's torch.save(model.state_dict()) writes (an OrderedDict with
+// _metadata, batch-norm buffers) loads into the same architecture in C++.
+TEST_F(CheckpointTest, PythonsModuleStateDictLoads) {
+  const auto written = testing_support::run_command(
+      fmt::format("'{}' '{}/tests/python/write_state_dicts.py' '{}' 2>&1", TRAINLOOP_PYTHON,
+                  TRAINLOOP_SOURCE_DIR, scratch.path.string()));
+  ASSERT_EQ(written.status, 0) << written.output;
+  torch::nn::Sequential net(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4),
+                            torch::nn::ReLU(), torch::nn::Linear(4, 2));
+  Model handle(net);
+  load_weights(handle, (scratch.path / "module_state_dict.pt").string());
+  const nlohmann::json expected =
+      nlohmann::json::parse(read_text(scratch.path / "module_state_dict.json"));
+  std::vector<std::pair<std::string, torch::Tensor>> state = handle.named_parameters();
+  for (auto& buffer : handle.named_buffers()) state.push_back(buffer);
+  ASSERT_EQ(state.size(), expected.size());
+  for (const auto& [name, tensor] : state) {
+    const auto values = expected.at(name).at("values").get<std::vector<double>>();
+    EXPECT_TRUE(torch::equal(tensor.to(torch::kDouble).flatten(),
+                             torch::tensor(values, torch::kDouble)))
+        << name;
+  }
 }
 
 // Python's torch loads the weights into the same architecture and gets the

@@ -84,8 +84,11 @@ std::string checkpoint_name(ResumePoint resume);
 void save_weights(const Model& model, const std::string& path);
 
 /// Loads what `save_weights` (or Python's `torch.save(model.state_dict())`)
-/// wrote into `model`, in place. Throws `Error` naming the path and the
-/// first parameter or buffer whose name or shape does not match.
+/// wrote into `model`, in place. The file is read as a state dict and
+/// nothing else: tensors, Parameters and OrderedDicts are rebuilt, and a
+/// pickle that calls any other function is refused. Throws `Error` naming the
+/// path and the first parameter or buffer whose name or shape does not match,
+/// leaving the model as it was.
 void load_weights(Model& model, const std::string& path);
 
 }  // namespace trainloop

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <unordered_map>
@@ -110,13 +111,6 @@ uint64_t element_bytes(std::string_view storage_class) {
   return found == sizes.end() ? 0 : found->second;
 }
 
-// An opcode's argument, as the walk read it.
-struct Operand {
-  std::string_view bytes;   // a counted or fixed argument's bytes, a line, GLOBAL's module
-  std::string_view second;  // GLOBAL's name
-  uint64_t number = 0;      // a fixed argument or memo index, little-endian
-};
-
 // How many values an opcode pops (beyond a MARK's) and pushes.
 struct StackEffect {
   bool consumes_mark = false;
@@ -151,7 +145,9 @@ class Machine {
   explicit Machine(std::vector<StorageClaim>* claims) : claims_(claims) {}
 
   // The first fault of running `opcode` (at byte `start`).
-  std::string step(unsigned char opcode, uint64_t start, const Operand& argument) {
+  std::string step(const PickleOp& op) {
+    const unsigned char opcode = op.opcode;
+    const uint64_t start = op.at;
     if (opcode == '(') {
       marks_.push_back(values_.size());
       return {};
@@ -188,19 +184,19 @@ class Machine {
     values_.erase(popped_from, values_.end());
     Value pushed;
     switch (opcode) {
-      case 'K': case 'M': pushed = integer_value(static_cast<int64_t>(argument.number)); break;
+      case 'K': case 'M': pushed = integer_value(static_cast<int64_t>(op.number)); break;
       case 'J':
-        pushed = integer_value(static_cast<int32_t>(static_cast<uint32_t>(argument.number)));
+        pushed = integer_value(static_cast<int32_t>(static_cast<uint32_t>(op.number)));
         break;
-      case 0x8a: pushed = long_value(argument.bytes); break;
+      case 0x8a: pushed = long_value(op.bytes); break;
       case 'X': case 0x8c: case 0x8d: case 'U': case 'T':
-        if (argument.bytes.size() <= kLongestText) {
-          pushed = text_value(Value::Kind::text, std::string(argument.bytes));
+        if (op.bytes.size() <= kLongestText) {
+          pushed = text_value(Value::Kind::text, std::string(op.bytes));
         }
         break;
       case 'c':
         pushed = text_value(Value::Kind::global,
-                            fmt::format("{}.{}", argument.bytes, argument.second));
+                            fmt::format("{}.{}", op.bytes, op.second));
         break;
       case 0x93:
         if (is_text(popped[0], Value::Kind::text) && is_text(popped[1], Value::Kind::text)) {
@@ -212,16 +208,16 @@ class Machine {
       case 't': pushed = tuple_value(std::move(marked)); break;
       case 0x85: case 0x86: case 0x87: pushed = tuple_value(std::move(popped)); break;
       case 'p': case 'q': case 'r': case 0x94: {
-        const uint64_t index = opcode == 0x94 ? memoized_++ : argument.number;
+        const uint64_t index = opcode == 0x94 ? memoized_++ : op.number;
         memo_[index] = popped[0];
         pushed = std::move(popped[0]);
         break;
       }
       case 'g': case 'h': case 'j': {
-        const auto found = memo_.find(argument.number);
+        const auto found = memo_.find(op.number);
         if (found == memo_.end()) {
           return fmt::format("opcode 0x{:02x} at byte {} reads memo {}, which nothing stored",
-                             opcode, start, argument.number);
+                             opcode, start, op.number);
         }
         pushed = found->second;
         break;
@@ -295,16 +291,18 @@ class Machine {
 
 }  // namespace
 
-std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* claims) {
+std::string walk_pickle(std::string_view pickle,
+                        const std::function<std::string(const PickleOp&)>& visit) {
   const uint64_t size = pickle.size();
   uint64_t at = 0;
-  Machine machine(claims);
   while (at < size) {
     const auto opcode = static_cast<unsigned char>(pickle[at]);
     const uint64_t start = at++;
     const Layout layout = layout_of(opcode);
     const uint64_t remaining = size - at;
-    Operand operand;
+    PickleOp op;
+    op.opcode = opcode;
+    op.at = start;
     switch (layout.argument) {
       case Argument::unknown:
         return fmt::format("unknown opcode 0x{:02x} at byte {}", opcode, start);
@@ -314,8 +312,8 @@ std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* cla
         if (remaining < static_cast<uint64_t>(layout.size)) {
           return fmt::format("opcode 0x{:02x} at byte {} is cut short", opcode, start);
         }
-        operand.bytes = pickle.substr(at, static_cast<size_t>(layout.size));
-        operand.number = little_endian(pickle, at, layout.size);
+        op.bytes = pickle.substr(at, static_cast<size_t>(layout.size));
+        op.number = little_endian(pickle, at, layout.size);
         at += static_cast<uint64_t>(layout.size);
         break;
       case Argument::counted:
@@ -331,13 +329,13 @@ std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* cla
             return fmt::format("memo index {} at byte {} in a pickle of {} bytes", value, start,
                                size);
           }
-          operand.number = value;
+          op.number = value;
         } else {
           if (value > size - at) {
             return fmt::format("a string of {} bytes at byte {}, where {} remain", value, start,
                                size - at);
           }
-          operand.bytes = pickle.substr(at, static_cast<size_t>(value));
+          op.bytes = pickle.substr(at, static_cast<size_t>(value));
           at += value;
         }
         break;
@@ -352,7 +350,7 @@ std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* cla
             return fmt::format("opcode 0x{:02x} at byte {} has no end of line", opcode, start);
           }
           const std::string_view text = pickle.substr(at, newline - at);
-          (line == 0 ? operand.bytes : operand.second) = text;
+          (line == 0 ? op.bytes : op.second) = text;
           if (layout.argument == Argument::text_memo) {
             uint64_t index = 0;
             for (const char digit : text) {
@@ -364,17 +362,22 @@ std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* cla
             if (index >= size) {
               return fmt::format("memo index at byte {} is not a number below {}", start, size);
             }
-            operand.number = index;
+            op.number = index;
           }
           at = newline + 1;
         }
         break;
       }
     }
-    if (std::string fault = machine.step(opcode, start, operand); !fault.empty()) return fault;
+    if (std::string fault = visit(op); !fault.empty()) return fault;
     if (opcode == '.') return {};
   }
   return "no STOP opcode";
+}
+
+std::string pickle_fault(std::string_view pickle, std::vector<StorageClaim>* claims) {
+  Machine machine(claims);
+  return walk_pickle(pickle, [&](const PickleOp& op) { return machine.step(op); });
 }
 
 }  // namespace trainloop::io

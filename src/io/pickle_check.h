@@ -9,6 +9,7 @@
 // to the library.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,22 @@ struct StorageClaim {
   uint64_t bytes = 0;
   uint64_t at = 0;  // the BINPERSID's byte in the pickle
 };
+
+/// One opcode of a pickle and its argument, as `walk_pickle` reads them.
+struct PickleOp {
+  unsigned char opcode = 0;
+  uint64_t at = 0;          // the opcode's byte in the pickle
+  std::string_view bytes;   // a counted or fixed argument's bytes, a line, GLOBAL's module
+  std::string_view second;  // GLOBAL's name
+  uint64_t number = 0;      // a fixed argument or a memo index, little-endian
+};
+
+/// Calls `visit` on each opcode of `pickle` (protocol 0 to 5) in turn, up to
+/// and including STOP. Returns the first fault: an unknown opcode, an
+/// argument cut short or longer than the pickle, a memo index beyond it, no
+/// STOP, or what `visit` returned (empty to go on).
+std::string walk_pickle(std::string_view pickle,
+                        const std::function<std::string(const PickleOp&)>& visit);
 
 /// The first fault of `pickle` (protocol 0 to 5), e.g. "a string of
 /// 1665400850 bytes at byte 12, where 300 remain"; empty when every opcode is

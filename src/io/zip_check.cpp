@@ -149,6 +149,8 @@ void read_zip64_extra(const Reader& in, uint64_t extra, uint64_t extra_end, uint
   }
 }
 
+}  // namespace
+
 std::string folded_case(std::string_view name) {
   std::string folded(name);
   for (char& c : folded) {
@@ -157,9 +159,7 @@ std::string folded_case(std::string_view name) {
   return folded;
 }
 
-}  // namespace
-
-std::string zip_archive_fault(std::string_view bytes) try {
+std::string zip_archive_fault(std::string_view bytes, std::vector<ZipEntry>* entries) try {
   const Reader in(bytes);
   const Directory directory = read_directory(in);
   uint64_t at = directory.offset;
@@ -222,6 +222,9 @@ std::string zip_archive_fault(std::string_view bytes) try {
       const std::string fault = pickle_fault(bytes.substr(data, compressed), &found);
       if (!fault.empty()) in.fail(fmt::format("{}: {}", name, fault));
       for (auto& claim : found) claims.emplace_back(folded, std::move(claim));
+    }
+    if (entries != nullptr) {
+      entries->push_back({std::string(name), bytes.substr(data, compressed), method == 0});
     }
     at = next;
   }

@@ -7,8 +7,18 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace trainloop::io {
+
+/// An entry of an archive, as `zip_archive_fault` lists it once the archive
+/// passed: its name, its bytes as they lie in the archive, and whether they
+/// are stored as they are (not deflated).
+struct ZipEntry {
+  std::string name;
+  std::string_view data;
+  bool stored = true;
+};
 
 /// The first fault of `bytes` as a zip archive that torch writes, e.g. "no
 /// end-of-central-directory record"; empty when its end record, central
@@ -18,6 +28,11 @@ namespace trainloop::io {
 /// fields are read, and must agree with the 32-bit ones they stand beside.
 /// Every stored `.pkl` entry must also pass `pickle_fault`, and each storage
 /// it names must be a record holding at least the bytes the pickle claims.
-std::string zip_archive_fault(std::string_view bytes);
+/// When it passes, its entries are appended to `entries` if given.
+std::string zip_archive_fault(std::string_view bytes, std::vector<ZipEntry>* entries = nullptr);
+
+/// `name` as LibTorch's zip reader (miniz) compares names: ASCII letters in
+/// lower case.
+std::string folded_case(std::string_view name);
 
 }  // namespace trainloop::io
