@@ -151,6 +151,28 @@ TEST_F(CheckpointTest, ResumeInsideAnEpochEqualsTheUninterruptedFitBitForBit) {
   EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
 }
 
+// Checkpointed after the epoch's last training batch, before validation:
+// the resumed validation must see the learning rate the original one saw
+// (the schedule once set the next step's rate at training_start; found by
+// checkpoint_e2e_test's random kills).
+TEST_F(CheckpointTest, ResumeAfterTheLastTrainingBatchEqualsTheUninterruptedFit) {
+  TrainingRun reference(scratch.path / "reference", 11);
+  ASSERT_EQ(reference.loop.fit(reference.model, kEpochs), FitStatus::completed);
+  const fs::path dir = scratch.path / "resumed";
+  {
+    TrainingRun first(dir, 11, {stop_after(8)});
+    EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::cancelled);
+  }
+  TrainingRun second(dir, 99);
+  ASSERT_EQ(second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string()),
+            FitStatus::completed);
+  EXPECT_EQ(second.loop.state().resumed_from,
+            (dir / "checkpoints" / "epoch0000-batch000008").string());
+  expect_bitwise_equal(second.weights(), reference.weights());
+  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+  EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
+}
+
 TEST_F(CheckpointTest, ResumeAtAnEpochEndEqualsTheUninterruptedFit) {
   TrainingRun reference(scratch.path / "reference", 11);
   reference.loop.fit(reference.model, kEpochs);

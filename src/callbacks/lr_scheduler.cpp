@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <typeinfo>
@@ -80,7 +81,16 @@ class LrScheduler : public Callback {
           const int64_t accumulation = loop.gradient_accumulation();
           const int64_t updates = (state.batch_count + accumulation - 1) / accumulation;
           total_ = options_.total_steps().value_or(state.epoch_count * updates);
-          apply(loop.optimizer(), state.global_step, total_);
+          // A pass resumed after batch b (b > 0) gets the rate its batch b-1
+          // trained with, which the original fit still had here (a resume
+          // after the last batch validates with it); each batch_start sets the
+          // next one. Batch b-1 counted its update if it ended a group.
+          int64_t step = state.global_step;
+          if (state.batch > 0 &&
+              (state.batch % accumulation == 0 || state.batch == state.batch_count)) {
+            step = std::max<int64_t>(0, step - 1);
+          }
+          apply(loop.optimizer(), step, total_);
         }
         break;
       case Event::batch_start:
