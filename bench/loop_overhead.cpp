@@ -7,9 +7,10 @@
 //   loop_overhead export --out DIR           split, orders, initial weights
 //   loop_overhead run --data DIR --workload w2 --impl trainloop --runs 3
 //   loop_overhead ablation --data DIR --workload w2 --repeats 21
+//   loop_overhead pairs --data DIR --workload w1 --repeats 40
 //   loop_overhead noop                       start-up cost of the binary alone
 //
-// `run` and `ablation` print one line `RESULT {json}` for bench/driver.py.
+// `run`, `ablation` and `pairs` print one line `RESULT {json}` for bench/driver.py.
 #include <trainloop/trainloop.h>
 
 #include <CLI/CLI.hpp>
@@ -21,7 +22,6 @@
 #include <filesystem>
 #include <functional>
 #include <numeric>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -348,46 +348,45 @@ std::string outcome_json(const Outcome& o) {
       .str();
 }
 
-// --------------------------------------------------------------- ablation ---
+// ------------------------------------------------------------ alternation ---
 
-// Alternates the hand-written loop with fit built up piece by piece, in one
-// process, so the cost of each piece shows as a difference of medians.
-void ablation(const bench::Spec& spec, const bench::Data& data, int repeats, const std::string& log_dir) {
-  struct Config {
-    std::string name;
-    std::optional<Pieces> pieces;  // nullopt: hand-written
-  };
-  const std::vector<Config> configs{
-      {"hand", std::nullopt},
-      {"fit_loss_only", Pieces{false, false, false, false}},
-      {"plus_accuracy", Pieces{true, false, false, false}},
-      {"plus_progress", Pieces{true, true, false, false}},
-      {"plus_csv", Pieces{true, true, true, false}},
-      {"plus_tensorboard", Pieces{true, true, true, true}},
-  };
+/// One implementation in an alternation: the hand-written loop, torch::data,
+/// or fit with the given pieces.
+struct Config {
+  std::string name;
+  std::string impl;  ///< hand, torchdata or trainloop
+  Pieces pieces;
+};
+
+// Trains each configuration once per round, in one process, the starting
+// configuration rotating each round so drift in load hits all alike; every
+// round's times are also kept as ratios to the first configuration's in the
+// same round. One untimed round first.
+void alternate(const bench::Spec& spec, const bench::Data& data, const std::vector<Config>& configs,
+               int repeats, const std::string& log_dir) {
   std::vector<std::vector<double>> seconds(configs.size()), cpu(configs.size());
   std::vector<std::vector<double>> ratios(configs.size()), cpu_ratios(configs.size());
+  std::vector<std::vector<double>> accuracies(configs.size());
   int64_t steps = 0;
-  for (int r = -1; r < repeats; ++r) {  // r = -1: warm-up round, not kept
-    std::vector<double> round(configs.size()), round_cpu(configs.size());
+  for (int r = -1; r < repeats; ++r) {
+    std::vector<Outcome> round(configs.size());
     for (size_t k = 0; k < configs.size(); ++k) {
-      // Rotate the starting configuration so drift in load hits all alike.
       const size_t c = (k + static_cast<size_t>(std::max(r, 0))) % configs.size();
-      const Outcome o = bench::with_model(spec, data, [&](auto net) {
-        return configs[c].pieces ? with_trainloop(spec, data, net, log_dir, *configs[c].pieces)
-                                 : hand_written(spec, data, net);
+      round[c] = bench::with_model(spec, data, [&](auto net) {
+        if (configs[c].impl == "hand") return hand_written(spec, data, net);
+        if (configs[c].impl == "torchdata") return with_torch_data(spec, data, net);
+        return with_trainloop(spec, data, net, log_dir, configs[c].pieces);
       });
       fs::remove_all(log_dir);
-      round[c] = o.seconds;
-      round_cpu[c] = o.cpu_seconds;
-      steps = o.steps;
+      steps = round[c].steps;
     }
     if (r < 0) continue;
     for (size_t c = 0; c < configs.size(); ++c) {
-      seconds[c].push_back(round[c]);
-      cpu[c].push_back(round_cpu[c]);
-      ratios[c].push_back(round[c] / round[0]);
-      cpu_ratios[c].push_back(round_cpu[c] / round_cpu[0]);
+      seconds[c].push_back(round[c].seconds);
+      cpu[c].push_back(round[c].cpu_seconds);
+      ratios[c].push_back(round[c].seconds / round[0].seconds);
+      cpu_ratios[c].push_back(round[c].cpu_seconds / round[0].cpu_seconds);
+      accuracies[c].push_back(round[c].test_accuracy);
     }
   }
   bench::JsonLine result;
@@ -398,6 +397,7 @@ void ablation(const bench::Spec& spec, const bench::Data& data, int repeats, con
                                   .add("name", configs[c].name)
                                   .add("seconds", seconds[c])
                                   .add("cpu_seconds", cpu[c])
+                                  .add("test_accuracy", accuracies[c])
                                   .add("paired_ratios", ratios[c])
                                   .add("paired_cpu_ratios", cpu_ratios[c])
                                   .str();
@@ -405,6 +405,24 @@ void ablation(const bench::Spec& spec, const bench::Data& data, int repeats, con
   result.raw("configs", list + "]");
   std::printf("RESULT %s\n", result.str().c_str());
 }
+
+// The hand-written loop against fit built up piece by piece, so the cost of
+// each piece shows as a difference of medians.
+const std::vector<Config> kAblation{
+    {"hand", "hand", {}},
+    {"fit_loss_only", "trainloop", Pieces{false, false, false, false}},
+    {"plus_accuracy", "trainloop", Pieces{true, false, false, false}},
+    {"plus_progress", "trainloop", Pieces{true, true, false, false}},
+    {"plus_csv", "trainloop", Pieces{true, true, true, false}},
+    {"plus_tensorboard", "trainloop", Pieces{true, true, true, true}},
+};
+
+// The hand-written loop and fit as the workloads run it, one right after the
+// other: each pair of trainings sees the machine at nearly the same moment.
+const std::vector<Config> kPairs{
+    {"hand", "hand", {}},
+    {"trainloop", "trainloop", Pieces{}},
+};
 
 }  // namespace
 
@@ -421,7 +439,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{64}, int64_t{60000}))->capture_default_str();
   auto* run_cmd = app.add_subcommand("run", "train one workload with one implementation");
   auto* ablation_cmd = app.add_subcommand("ablation", "fit piece by piece against the hand-written loop");
-  for (auto* cmd : {run_cmd, ablation_cmd}) {
+  auto* pairs_cmd = app.add_subcommand("pairs", "the hand-written loop and fit, alternating in one process");
+  for (auto* cmd : {run_cmd, ablation_cmd, pairs_cmd}) {
     cmd->add_option("--data", data_dir, "directory written by export")->required();
     cmd->add_option("--workload", workload, "w1, w2 or w3")->capture_default_str();
     cmd->add_option("--threads", threads, "LibTorch threads")->check(CLI::Range(1, 256))->capture_default_str();
@@ -431,7 +450,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--impl", impl, "hand, trainloop or torchdata")->capture_default_str();
   run_cmd->add_option("--runs", runs, "trainings in this process, each from the initial weights")
       ->check(CLI::Range(1, 1000))->capture_default_str();
-  ablation_cmd->add_option("--repeats", repeats, "rounds of all configurations")->check(CLI::Range(1, 1000))->capture_default_str();
+  for (auto* cmd : {ablation_cmd, pairs_cmd}) {
+    cmd->add_option("--repeats", repeats, "rounds of all configurations")->check(CLI::Range(1, 1000))->capture_default_str();
+  }
   app.add_subcommand("noop", "exit at once (the start-up cost of this binary)");
   CLI11_PARSE(app, argc, argv);
 
@@ -440,7 +461,7 @@ int main(int argc, char** argv) {
       export_data(out, fashion_examples);
       return 0;
     }
-    if (!run_cmd->parsed() && !ablation_cmd->parsed()) {
+    if (!run_cmd->parsed() && !ablation_cmd->parsed() && !pairs_cmd->parsed()) {
       std::printf("RESULT %s\n", bench::JsonLine()
                                      .add("t_main", main_start)
                                      .add("torch_version", std::string(TORCH_VERSION))
@@ -460,8 +481,8 @@ int main(int argc, char** argv) {
     const double loaded = bench::monotonic_seconds();
     warm_up(spec, data);
     const double warm = bench::monotonic_seconds();
-    if (ablation_cmd->parsed()) {
-      ablation(spec, data, repeats, log_dir + "/ablation");
+    if (ablation_cmd->parsed() || pairs_cmd->parsed()) {
+      alternate(spec, data, ablation_cmd->parsed() ? kAblation : kPairs, repeats, log_dir + "/alternation");
       return 0;
     }
     std::string list = "[";
