@@ -101,7 +101,7 @@ TEST(StateDictTest, WhatPythonWritesReadsAsPythonReadsIt) {
               ThrowsMessage<Error>(HasSubstr("holds a dict whose keys are not all strings")));
   const auto mixed = by_name(read_state_dict(read_text(scratch.path / "an_integer.pt")));
   EXPECT_EQ(mixed.at("weight").problem, "");
-  EXPECT_EQ(mixed.at("epoch").problem, "is a int, expected a tensor");
+  EXPECT_EQ(mixed.at("epoch").problem, "is an int, expected a tensor");
 }
 
 // fuzz/corpus/weights/python_state_dict.pt with the weight's shape made

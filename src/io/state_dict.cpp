@@ -62,21 +62,22 @@ Value make(Value::Kind kind, std::string text = {}) {
   return value;
 }
 
-const char* kind_name(Value::Kind kind) {
+// What a value is, as a message says it: "an int", "None".
+const char* kind_phrase(Value::Kind kind) {
   switch (kind) {
     case Value::Kind::none: return "None";
-    case Value::Kind::boolean: return "bool";
-    case Value::Kind::integer: return "int";
-    case Value::Kind::text: return "string";
-    case Value::Kind::global: return "class or function";
-    case Value::Kind::tuple: return "tuple";
-    case Value::Kind::dict: return "dict";
-    case Value::Kind::storage: return "storage";
-    case Value::Kind::tensor: return "tensor";
-    case Value::Kind::unusable: return "tensor";
+    case Value::Kind::boolean: return "a bool";
+    case Value::Kind::integer: return "an int";
+    case Value::Kind::text: return "a string";
+    case Value::Kind::global: return "a class or function";
+    case Value::Kind::tuple: return "a tuple";
+    case Value::Kind::dict: return "a dict";
+    case Value::Kind::storage: return "a storage";
+    case Value::Kind::tensor: return "a tensor";
+    case Value::Kind::unusable: return "a tensor";
     case Value::Kind::other: break;
   }
-  return "value of another type";
+  return "a value of another type";
 }
 
 // The storage classes torch pickles and the element types they hold.
@@ -231,7 +232,7 @@ class Reader {
         const Value::Kind kind = top().kind;
         if (kind != Value::Kind::dict && kind != Value::Kind::tensor &&
             kind != Value::Kind::unusable) {
-          return fmt::format("BUILD at byte {} sets the state of a {}", op.at, kind_name(kind));
+          return fmt::format("BUILD at byte {} sets the state of {}", op.at, kind_phrase(kind));
         }
         return {};
       }
@@ -305,7 +306,7 @@ class Reader {
 
   static std::string fill(Value& target, const std::vector<Value>& pairs, uint64_t at) {
     if (target.kind != Value::Kind::dict) {
-      return fmt::format("SETITEM at byte {} sets items of a {}", at, kind_name(target.kind));
+      return fmt::format("SETITEM at byte {} sets items of {}", at, kind_phrase(target.kind));
     }
     for (size_t i = 0; i + 1 < pairs.size(); i += 2) target.dict->set(pairs[i], pairs[i + 1]);
     return {};
@@ -397,13 +398,13 @@ class Reader {
 
   std::string call(const Value& callable, const Value& arguments, uint64_t at, Value& result) {
     if (callable.kind != Value::Kind::global) {
-      return fmt::format("REDUCE at byte {} calls a {}, not a function", at,
-                         kind_name(callable.kind));
+      return fmt::format("REDUCE at byte {} calls {}, not a function", at,
+                         kind_phrase(callable.kind));
     }
     const std::string& name = *callable.text;
     if (arguments.kind != Value::Kind::tuple) {
-      return fmt::format("REDUCE at byte {} calls {} with a {}, expected a tuple of arguments", at,
-                         name, kind_name(arguments.kind));
+      return fmt::format("REDUCE at byte {} calls {} with {}, expected a tuple of arguments", at,
+                         name, kind_phrase(arguments.kind));
     }
     const std::vector<Value>& items = *arguments.items;
     if (name == "collections.OrderedDict" && items.empty()) {
@@ -482,7 +483,7 @@ std::vector<StateEntry> read_state_dict(std::string_view archive) {
   }
   const Value root = reader.result();
   if (root.kind != Value::Kind::dict) {
-    throw Error(fmt::format("holds a {}, expected a dict of tensors", kind_name(root.kind)));
+    throw Error(fmt::format("holds {}, expected a dict of tensors", kind_phrase(root.kind)));
   }
   if (root.dict->other_keys) throw Error("holds a dict whose keys are not all strings");
   std::vector<StateEntry> state;
@@ -491,7 +492,7 @@ std::vector<StateEntry> read_state_dict(std::string_view archive) {
     if (value.kind == Value::Kind::unusable) {
       entry.problem = *value.text;
     } else if (value.kind != Value::Kind::tensor) {
-      entry.problem = fmt::format("is a {}, expected a tensor", kind_name(value.kind));
+      entry.problem = fmt::format("is {}, expected a tensor", kind_phrase(value.kind));
     }
     state.push_back(std::move(entry));
   }
