@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -74,6 +75,23 @@ torch::Tensor on_device(const torch::Tensor& tensor, const torch::Device& device
 torch::Tensor as_long(const torch::Tensor& tensor) {
   return tensor.scalar_type() == torch::kLong ? tensor : tensor.to(torch::kLong);
 }
+
+// The value a metric's compute() last read, until its state changes. Reading
+// it copies from the device (a sync on a GPU, a few ATen calls on the CPU),
+// and at an epoch's end the progress line, the CSV row, TensorBoard and the
+// history each ask for the same value.
+class LastValue {
+ public:
+  template <class Read>
+  double get(Read&& read) const {
+    if (!value_) value_ = read();
+    return *value_;
+  }
+  void forget() { value_.reset(); }
+
+ private:
+  mutable std::optional<double> value_;
+};
 
 // Class predictions and integer targets of one batch, both [N] int64 on the
 // outputs' device, by the rules documented for metrics::accuracy.
@@ -155,12 +173,14 @@ class MeanLoss final : public Metric {
   std::string name() const override { return name_; }
 
   void reset() override {
+    value_.forget();
     sum_ = torch::Tensor();
     weight_ = 0;
   }
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& loss) override {
+    value_.forget();
     check_batch(name_, outputs, targets);
     if (!loss.defined() || loss.numel() != 1) {
       throw Error(fmt::format("{}: batch loss {}, expected a scalar", name_,
@@ -178,9 +198,11 @@ class MeanLoss final : public Metric {
   }
 
   double compute() const override {
-    if (weight_ == 0) return kNaN;
-    const double mean = sum_.item<double>() / static_cast<double>(weight_);
-    return per_token_ ? std::exp(mean) : mean;
+    return value_.get([&] {
+      if (weight_ == 0) return kNaN;
+      const double mean = sum_.item<double>() / static_cast<double>(weight_);
+      return per_token_ ? std::exp(mean) : mean;
+    });
   }
 
   std::shared_ptr<Metric> clone() const override {
@@ -191,13 +213,16 @@ class MeanLoss final : public Metric {
     save_accumulator(archive, sum_, weight_);
   }
   void load(torch::serialize::InputArchive& archive) override {
+    value_.forget();
     load_accumulator(name_, archive, sum_, weight_);
   }
   void all_reduce(const ReduceFunction& reduce) override {
+    value_.forget();
     reduce_accumulator(reduce, sum_, weight_, {}, torch::kDouble);
   }
 
  private:
+  LastValue value_;
   std::string name_;
   bool per_token_;
   torch::Tensor sum_;  // Σ batch loss × weight, double, on the outputs' device
@@ -209,12 +234,14 @@ class Accuracy final : public Metric {
   std::string name() const override { return "accuracy"; }
 
   void reset() override {
+    value_.forget();
     correct_ = torch::Tensor();
     total_ = 0;
   }
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& /*loss*/) override {
+    value_.forget();
     check_batch(name(), outputs, targets);
     const Labels labels = labels_of(name(), outputs, targets);
     if (outputs.size(0) == 0) return;
@@ -225,8 +252,10 @@ class Accuracy final : public Metric {
   }
 
   double compute() const override {
-    if (total_ == 0) return kNaN;
-    return correct_.item<double>() / static_cast<double>(total_);
+    return value_.get([&] {
+      if (total_ == 0) return kNaN;
+      return correct_.item<double>() / static_cast<double>(total_);
+    });
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<Accuracy>(); }
@@ -235,13 +264,16 @@ class Accuracy final : public Metric {
     save_accumulator(archive, correct_, total_);
   }
   void load(torch::serialize::InputArchive& archive) override {
+    value_.forget();
     load_accumulator(name(), archive, correct_, total_);
   }
   void all_reduce(const ReduceFunction& reduce) override {
+    value_.forget();
     reduce_accumulator(reduce, correct_, total_, {}, torch::kLong);
   }
 
  private:
+  LastValue value_;
   torch::Tensor correct_;  // int64 count on the outputs' device
   int64_t total_ = 0;
 };
@@ -253,12 +285,14 @@ class TopKAccuracy final : public Metric {
   std::string name() const override { return name_; }
 
   void reset() override {
+    value_.forget();
     correct_ = torch::Tensor();
     total_ = 0;
   }
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& /*loss*/) override {
+    value_.forget();
     check_batch(name_, outputs, targets);
     if (outputs.dim() != 2) {
       throw Error(
@@ -295,8 +329,10 @@ class TopKAccuracy final : public Metric {
   }
 
   double compute() const override {
-    if (total_ == 0) return kNaN;
-    return correct_.item<double>() / static_cast<double>(total_);
+    return value_.get([&] {
+      if (total_ == 0) return kNaN;
+      return correct_.item<double>() / static_cast<double>(total_);
+    });
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<TopKAccuracy>(k_); }
@@ -305,13 +341,16 @@ class TopKAccuracy final : public Metric {
     save_accumulator(archive, correct_, total_);
   }
   void load(torch::serialize::InputArchive& archive) override {
+    value_.forget();
     load_accumulator(name_, archive, correct_, total_);
   }
   void all_reduce(const ReduceFunction& reduce) override {
+    value_.forget();
     reduce_accumulator(reduce, correct_, total_, {}, torch::kLong);
   }
 
  private:
+  LastValue value_;
   int64_t k_;
   std::string name_;
   torch::Tensor correct_;  // int64 count on the outputs' device
@@ -323,6 +362,7 @@ class MatthewsCorrelation final : public Metric {
   std::string name() const override { return "matthews_correlation"; }
 
   void reset() override {
+    value_.forget();
     confusion_ = torch::Tensor();
     num_classes_ = 0;
     total_ = 0;
@@ -330,6 +370,7 @@ class MatthewsCorrelation final : public Metric {
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& /*loss*/) override {
+    value_.forget();
     check_batch(name(), outputs, targets);
     const Labels labels = labels_of(name(), outputs, targets);
     if (num_classes_ != 0 && labels.num_classes != num_classes_) {
@@ -356,41 +397,43 @@ class MatthewsCorrelation final : public Metric {
   }
 
   double compute() const override {
-    if (total_ == 0) return kNaN;
-    const torch::Tensor host = confusion_.to(torch::kCPU).contiguous();  // the one read
-    const auto counts = host.accessor<double, 2>();
-    const int64_t c = num_classes_;
-    std::vector<double> true_counts(c, 0.0);
-    std::vector<double> predicted_counts(c, 0.0);
-    double correct = 0.0;
-    double total = 0.0;
-    for (int64_t i = 0; i < c; ++i) {
-      for (int64_t j = 0; j < c; ++j) {
-        true_counts[i] += counts[i][j];
-        predicted_counts[j] += counts[i][j];
-        total += counts[i][j];
+    return value_.get([&] {
+      if (total_ == 0) return kNaN;
+      const torch::Tensor host = confusion_.to(torch::kCPU).contiguous();  // the one read
+      const auto counts = host.accessor<double, 2>();
+      const int64_t c = num_classes_;
+      std::vector<double> true_counts(c, 0.0);
+      std::vector<double> predicted_counts(c, 0.0);
+      double correct = 0.0;
+      double total = 0.0;
+      for (int64_t i = 0; i < c; ++i) {
+        for (int64_t j = 0; j < c; ++j) {
+          true_counts[i] += counts[i][j];
+          predicted_counts[j] += counts[i][j];
+          total += counts[i][j];
+        }
+        correct += counts[i][i];
       }
-      correct += counts[i][i];
-    }
-    if (total != static_cast<double>(total_)) {
-      throw Error(fmt::format("{}: {} of {} targets lie outside the classes 0..{}", name(),
-                              static_cast<double>(total_) - total, total_, c - 1));
-    }
-    // scikit-learn's matthews_corrcoef, the multiclass R_K statistic.
-    double true_dot_predicted = 0.0;
-    double true_squared = 0.0;
-    double predicted_squared = 0.0;
-    for (int64_t k = 0; k < c; ++k) {
-      true_dot_predicted += true_counts[k] * predicted_counts[k];
-      true_squared += true_counts[k] * true_counts[k];
-      predicted_squared += predicted_counts[k] * predicted_counts[k];
-    }
-    const double cov_ytyp = correct * total - true_dot_predicted;
-    const double cov_ypyp = total * total - predicted_squared;
-    const double cov_ytyt = total * total - true_squared;
-    const double denominator = cov_ytyt * cov_ypyp;
-    if (denominator == 0.0) return 0.0;  // one class only: undefined, reported 0
-    return cov_ytyp / std::sqrt(denominator);
+      if (total != static_cast<double>(total_)) {
+        throw Error(fmt::format("{}: {} of {} targets lie outside the classes 0..{}", name(),
+                                static_cast<double>(total_) - total, total_, c - 1));
+      }
+      // scikit-learn's matthews_corrcoef, the multiclass R_K statistic.
+      double true_dot_predicted = 0.0;
+      double true_squared = 0.0;
+      double predicted_squared = 0.0;
+      for (int64_t k = 0; k < c; ++k) {
+        true_dot_predicted += true_counts[k] * predicted_counts[k];
+        true_squared += true_counts[k] * true_counts[k];
+        predicted_squared += predicted_counts[k] * predicted_counts[k];
+      }
+      const double cov_ytyp = correct * total - true_dot_predicted;
+      const double cov_ypyp = total * total - predicted_squared;
+      const double cov_ytyt = total * total - true_squared;
+      const double denominator = cov_ytyt * cov_ypyp;
+      if (denominator == 0.0) return 0.0;  // one class only: undefined, reported 0
+      return cov_ytyp / std::sqrt(denominator);
+    });
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<MatthewsCorrelation>(); }
@@ -399,6 +442,7 @@ class MatthewsCorrelation final : public Metric {
     save_accumulator(archive, confusion_, total_);
   }
   void load(torch::serialize::InputArchive& archive) override {
+    value_.forget();
     load_accumulator(name(), archive, confusion_, total_);
     if (confusion_.defined() && (confusion_.dim() != 2 || confusion_.size(0) != confusion_.size(1))) {
       throw Error(fmt::format("{}: the saved confusion matrix is not square", name()));
@@ -406,6 +450,7 @@ class MatthewsCorrelation final : public Metric {
     num_classes_ = confusion_.defined() ? confusion_.size(0) : 0;
   }
   void all_reduce(const ReduceFunction& reduce) override {
+    value_.forget();
     // A rank that has seen no batch does not know the class count yet.
     torch::Tensor classes = torch::full({1}, num_classes_, torch::kLong);
     reduce(classes, ReduceOp::max);
@@ -419,6 +464,7 @@ class MatthewsCorrelation final : public Metric {
   }
 
  private:
+  LastValue value_;
   torch::Tensor confusion_;  // [C, C] double, rows true class, columns predicted
   int64_t num_classes_ = 0;
   int64_t total_ = 0;

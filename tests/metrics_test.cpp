@@ -139,6 +139,62 @@ TEST(MetricsTest, ResetForgetsEverything) {
   }
 }
 
+// compute() keeps the value it read until the state changes; every change
+// (update, load, all_reduce, reset) must show in the next compute().
+TEST(MetricsTest, ComputeFollowsEveryChangeOfState) {
+  const torch::Tensor outputs = scores({2.0f, 0.0f, 0.0f, 2.0f, 2.0f, 0.0f}, 3);
+  const torch::Tensor first = labels({0, 1, 0});   // all three right
+  const torch::Tensor second = labels({1, 0, 1});  // all three wrong
+  // A sum doubles the count that reduce_accumulator packs last and leaves the
+  // state's sum as it is: a mean or a fraction halves. A max (the class
+  // count) is left alone.
+  const trainloop::ReduceFunction double_count = [](torch::Tensor& packed, trainloop::ReduceOp op) {
+    if (op == trainloop::ReduceOp::sum) packed.narrow(0, packed.numel() - 1, 1).mul_(2);
+  };
+  const std::vector<std::function<std::shared_ptr<Metric>()>> factories = {
+      metrics::loss, metrics::accuracy, [] { return metrics::top_k_accuracy(1); },
+      metrics::matthews_correlation, metrics::perplexity};
+  for (const auto& make : factories) {
+    const auto metric = make();
+    SCOPED_TRACE(metric->name());
+    metric->update(outputs, first, torch::scalar_tensor(1.0));
+    const double after_first = metric->compute();
+    metric->update(outputs, second, torch::scalar_tensor(3.0));
+    const double after_both = metric->compute();
+    const auto fresh = make();
+    fresh->update(outputs, first, torch::scalar_tensor(1.0));
+    fresh->update(outputs, second, torch::scalar_tensor(3.0));
+    EXPECT_NE(after_first, after_both);
+    EXPECT_EQ(after_both, fresh->compute());
+
+    torch::serialize::OutputArchive saved;
+    metric->save(saved);
+    std::ostringstream bytes;
+    saved.save_to(bytes);
+    const auto loaded = make();
+    loaded->update(outputs, first, torch::scalar_tensor(1.0));
+    EXPECT_EQ(loaded->compute(), after_first);
+    torch::serialize::InputArchive archive;
+    std::istringstream in(bytes.str());
+    archive.load_from(in);
+    loaded->load(archive);
+    EXPECT_EQ(loaded->compute(), after_both);
+
+    metric->all_reduce(double_count);
+    if (metric->name() == "matthews_correlation") {
+      // Its confusion matrix now holds half the count: the check in compute runs again.
+      EXPECT_THAT([&] { metric->compute(); },
+                  ThrowsMessage<Error>(HasSubstr("targets lie outside the classes")));
+    } else if (metric->name() == "perplexity") {
+      EXPECT_NEAR(metric->compute(), std::exp(std::log(after_both) / 2), 1e-12);
+    } else {
+      EXPECT_NEAR(metric->compute(), after_both / 2, 1e-12);
+    }
+    metric->reset();
+    EXPECT_TRUE(std::isnan(metric->compute()));
+  }
+}
+
 TEST(MetricsTest, CloneIsFreshWithTheSameSettings) {
   auto top2 = metrics::top_k_accuracy(2);
   const torch::Tensor outputs = scores({3.0f, 2.0f, 1.0f, 0.0f}, 1);
