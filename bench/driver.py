@@ -755,7 +755,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=0, help="override every workload's epochs (smoke runs)")
     parser.add_argument("--pair-processes", type=int, default=3, help="processes of `loop_overhead pairs` per workload")
     parser.add_argument("--pair-repeats", type=int, default=30, help="rounds of W1 and W2 in each pairs process")
-    parser.add_argument("--pair-repeats-w3", type=int, default=2)
+    parser.add_argument("--pair-repeats-w3", type=int, default=4)
     parser.add_argument("--startup-repeats", type=int, default=5)
     parser.add_argument("--ablation-repeats", type=int, default=15)
     parser.add_argument("--pipeline-repeats", type=int, default=5)
