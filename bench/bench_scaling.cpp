@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -109,6 +111,13 @@ void add_times(bench::JsonLine& row, const std::string& name, const std::vector<
   row.add(name, wall).add(name + "_cpu", cpu);
 }
 
+// Short fits are the noisiest on a machine whose speed drifts over seconds,
+// so they get more rounds: repeats × √(100k / steps), at least repeats.
+int rounds_for(int repeats, int64_t steps) {
+  const double scale = std::sqrt(100000.0 / static_cast<double>(std::max<int64_t>(steps, 1)));
+  return std::max(repeats, static_cast<int>(std::lround(repeats * scale)));
+}
+
 std::vector<std::shared_ptr<tl::Callback>> no_ops(int count) {
   std::vector<std::shared_ptr<tl::Callback>> callbacks;
   for (int i = 0; i < count; ++i) callbacks.push_back(std::make_shared<NoOp>());
@@ -125,7 +134,7 @@ int main(int argc, char** argv) {
   CLI::App app("Per-step cost of fit against step count and callback count; memory over epochs.",
                "bench_scaling");
   app.add_option("--threads", threads, "LibTorch threads")->check(CLI::Range(1, 256))->capture_default_str();
-  app.add_option("--repeats", repeats, "alternating repetitions")->check(CLI::Range(1, 100))->capture_default_str();
+  app.add_option("--repeats", repeats, "alternating rounds of the longest fits (shorter ones get more)")->check(CLI::Range(1, 100))->capture_default_str();
   app.add_option("--steps", step_counts, "step counts (multiples of 1000)")->capture_default_str();
   app.add_option("--callback-steps", callback_steps, "steps of the callback-count runs")->capture_default_str();
   app.add_option("--memory-epochs", memory_epochs, "epochs of 1000 steps of the memory run")->capture_default_str();
@@ -143,7 +152,7 @@ int main(int argc, char** argv) {
   for (size_t s = 0; s < step_counts.size(); ++s) {
     const int64_t epochs = std::max<int64_t>(1, step_counts[s] / kStepsPerEpoch);
     std::vector<bench::Times> times[3];
-    for (int r = 0; r < repeats; ++r) {
+    for (int r = 0; r < rounds_for(repeats, epochs * kStepsPerEpoch); ++r) {
       for (int k = 0; k < 3; ++k) {
         switch ((k + r) % 3) {
           case 0: times[0].push_back(hand_written(data, epochs)); break;
@@ -165,7 +174,7 @@ int main(int argc, char** argv) {
   const std::vector<int> counts{0, 5, 20};
   std::vector<std::vector<bench::Times>> by_count(counts.size());
   const int64_t callback_epochs = std::max<int64_t>(1, callback_steps / kStepsPerEpoch);
-  for (int r = 0; r < repeats; ++r) {
+  for (int r = 0; r < rounds_for(repeats, callback_epochs * kStepsPerEpoch); ++r) {
     for (size_t k = 0; k < counts.size(); ++k) {
       const size_t c = (k + static_cast<size_t>(r)) % counts.size();
       by_count[c].push_back(with_trainloop(data, callback_epochs, no_ops(counts[c])));

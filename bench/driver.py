@@ -633,28 +633,45 @@ def write_report(runner, facts, samples, pairs, startup, ablation, pipeline, sca
     add("## Scaling")
     add("")
     add(f"A tiny model (16-8-4 MLP, batch {scaling['batch_size']}, SGD) where the loop's own work is as visible "
-        f"as it can be; CPU µs per step, medians over {a.scaling_repeats} alternating rounds (the wall-time "
-        "ratios last):")
+        "as it can be. The implementations alternate in one process, the order rotating each round; the shorter "
+        f"the fits, the more rounds ({a.scaling_repeats} × √(100k / steps), the count beside each row). CPU µs "
+        "per step, medians over the rounds; *ratio*: the median of each round's ratio to the hand-written fit "
+        "of the same round, in brackets the middle half of the rounds' ratios (the wall-time ratios last):")
     add("")
-    add("| steps | hand-written | `fit` (loss, accuracy) | ratio | `fit` + progress, CSV, TensorBoard | ratio "
-        "| wall ratios |")
-    add("|---|---|---|---|---|---|---|")
+    add("| steps | rounds | hand-written | `fit` (loss, accuracy) | ratio | `fit` + progress, CSV, TensorBoard "
+        "| ratio | wall ratios |")
+    add("|---|---|---|---|---|---|---|---|")
+
+    def round_ratios(mine, base):
+        return [m / b for m, b in zip(mine, base)]
+
     for row in scaling["step_counts"]:
         n = row["steps"]
         h, b, u = (per_step(row[k + "_cpu"], n) for k in ("hand", "fit", "fit_usual_callbacks"))
-        hw, bw, uw = (med(row[k]) for k in ("hand", "fit", "fit_usual_callbacks"))
-        add(f"| {n} | {h:.1f} | {b:.1f} | {b / h:.3f} | {u:.1f} | {u / h:.3f} | {bw / hw:.3f}, {uw / hw:.3f} |")
+        fit_r = round_ratios(row["fit_cpu"], row["hand_cpu"])
+        usual_r = round_ratios(row["fit_usual_callbacks_cpu"], row["hand_cpu"])
+        fit_w = med(round_ratios(row["fit"], row["hand"]))
+        usual_w = med(round_ratios(row["fit_usual_callbacks"], row["hand"]))
+        add(f"| {n} | {len(row['hand_cpu'])} | {h:.1f} | {b:.1f} | {med(fit_r):.3f} [{quartiles(fit_r)}] "
+            f"| {u:.1f} | {med(usual_r):.3f} [{quartiles(usual_r)}] | {fit_w:.3f}, {usual_w:.3f} |")
     add("")
-    add("| no-op callbacks | CPU µs per step | added per callback per step |")
-    add("|---|---|---|")
-    base_cb = None
+    add("No-op callbacks: *ratio* is each round's time against the same round's fit without them, its median "
+        "and the middle half; *added per callback per step* is the median ratio's excess over 1 times the "
+        "per-step time without them, divided by the callbacks.")
+    add("")
+    add("| no-op callbacks | rounds | CPU µs per step | ratio | added per callback per step |")
+    add("|---|---|---|---|---|")
+    base_row = next((row for row in scaling["callback_counts"] if row["callbacks"] == 0), None)
     for row in scaling["callback_counts"]:
         value = per_step(row["seconds_cpu"], row["steps"])
-        if row["callbacks"] == 0:
-            base_cb = value
-        extra = "" if base_cb is None or row["callbacks"] == 0 else \
-            f"{(value - base_cb) / row['callbacks'] * 1000:+.0f} ns"
-        add(f"| {row['callbacks']} | {value:.1f} | {extra} |")
+        if base_row is None or row["callbacks"] == 0:
+            add(f"| {row['callbacks']} | {len(row['seconds_cpu'])} | {value:.1f} | | |")
+            continue
+        ratios = round_ratios(row["seconds_cpu"], base_row["seconds_cpu"])
+        base = per_step(base_row["seconds_cpu"], base_row["steps"])
+        extra = (med(ratios) - 1) * base / row["callbacks"] * 1000
+        add(f"| {row['callbacks']} | {len(row['seconds_cpu'])} | {value:.1f} | {med(ratios):.3f} "
+            f"[{quartiles(ratios)}] | {extra:+.0f} ns |")
     add("")
     rss = scaling["rss_kb_per_epoch"]
     if rss:

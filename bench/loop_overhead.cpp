@@ -350,11 +350,11 @@ std::string outcome_json(const Outcome& o) {
 
 // ------------------------------------------------------------ alternation ---
 
-/// One implementation in an alternation: the hand-written loop, torch::data,
-/// or fit with the given pieces.
+/// One implementation in an alternation: the hand-written loop, or fit with
+/// the given pieces.
 struct Config {
   std::string name;
-  std::string impl;  ///< hand, torchdata or trainloop
+  bool hand_written = false;
   Pieces pieces;
 };
 
@@ -373,9 +373,8 @@ void alternate(const bench::Spec& spec, const bench::Data& data, const std::vect
     for (size_t k = 0; k < configs.size(); ++k) {
       const size_t c = (k + static_cast<size_t>(std::max(r, 0))) % configs.size();
       round[c] = bench::with_model(spec, data, [&](auto net) {
-        if (configs[c].impl == "hand") return hand_written(spec, data, net);
-        if (configs[c].impl == "torchdata") return with_torch_data(spec, data, net);
-        return with_trainloop(spec, data, net, log_dir, configs[c].pieces);
+        return configs[c].hand_written ? hand_written(spec, data, net)
+                                       : with_trainloop(spec, data, net, log_dir, configs[c].pieces);
       });
       fs::remove_all(log_dir);
       steps = round[c].steps;
@@ -409,19 +408,19 @@ void alternate(const bench::Spec& spec, const bench::Data& data, const std::vect
 // The hand-written loop against fit built up piece by piece, so the cost of
 // each piece shows as a difference of medians.
 const std::vector<Config> kAblation{
-    {"hand", "hand", {}},
-    {"fit_loss_only", "trainloop", Pieces{false, false, false, false}},
-    {"plus_accuracy", "trainloop", Pieces{true, false, false, false}},
-    {"plus_progress", "trainloop", Pieces{true, true, false, false}},
-    {"plus_csv", "trainloop", Pieces{true, true, true, false}},
-    {"plus_tensorboard", "trainloop", Pieces{true, true, true, true}},
+    {"hand", true, {}},
+    {"fit_loss_only", false, Pieces{false, false, false, false}},
+    {"plus_accuracy", false, Pieces{true, false, false, false}},
+    {"plus_progress", false, Pieces{true, true, false, false}},
+    {"plus_csv", false, Pieces{true, true, true, false}},
+    {"plus_tensorboard", false, Pieces{true, true, true, true}},
 };
 
 // The hand-written loop and fit as the workloads run it, one right after the
 // other: each pair of trainings sees the machine at nearly the same moment.
 const std::vector<Config> kPairs{
-    {"hand", "hand", {}},
-    {"trainloop", "trainloop", Pieces{}},
+    {"hand", true, {}},
+    {"trainloop", false, Pieces{}},
 };
 
 }  // namespace
