@@ -127,28 +127,33 @@ constexpr int64_t kEpochs = 3;  // 8 batches each
 
 class CheckpointTest : public testing::Test {
  protected:
+  // Fits uninterrupted, then again cancelled after `stop_batch` batches and
+  // resumed into a differently initialized model: the resume must start from
+  // `checkpoint` and end with the same weights, history and logs.
+  void expect_resume_equals_uninterrupted(int64_t stop_batch, const std::string& checkpoint) {
+    TrainingRun reference(scratch.path / "reference", 11);
+    ASSERT_EQ(reference.loop.fit(reference.model, kEpochs), FitStatus::completed);
+    const fs::path dir = scratch.path / "resumed";
+    {
+      TrainingRun first(dir, 11, {stop_after(stop_batch)});
+      EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::cancelled);
+    }
+    // A different initialization: everything must come from the checkpoint.
+    TrainingRun second(dir, 99);
+    ASSERT_EQ(second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string()),
+              FitStatus::completed);
+    EXPECT_EQ(second.loop.state().resumed_from, (dir / "checkpoints" / checkpoint).string());
+    expect_bitwise_equal(second.weights(), reference.weights());
+    EXPECT_EQ(second.loop.state().history, reference.loop.state().history);
+    EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+    EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
+  }
+
   TempDir scratch;
 };
 
 TEST_F(CheckpointTest, ResumeInsideAnEpochEqualsTheUninterruptedFitBitForBit) {
-  TrainingRun reference(scratch.path / "reference", 11);
-  ASSERT_EQ(reference.loop.fit(reference.model, kEpochs), FitStatus::completed);
-
-  const fs::path dir = scratch.path / "resumed";
-  {
-    TrainingRun first(dir, 11, {stop_after(13)});
-    EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::cancelled);
-  }
-  // A different initialization: everything must come from the checkpoint.
-  TrainingRun second(dir, 99);
-  ASSERT_EQ(second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string()),
-            FitStatus::completed);
-  EXPECT_EQ(second.loop.state().resumed_from,
-            (dir / "checkpoints" / "epoch0001-batch000005").string());
-  expect_bitwise_equal(second.weights(), reference.weights());
-  EXPECT_EQ(second.loop.state().history, reference.loop.state().history);
-  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
-  EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
+  expect_resume_equals_uninterrupted(13, "epoch0001-batch000005");
 }
 
 // Checkpointed after the epoch's last training batch, before validation:
@@ -156,21 +161,7 @@ TEST_F(CheckpointTest, ResumeInsideAnEpochEqualsTheUninterruptedFitBitForBit) {
 // (the schedule once set the next step's rate at training_start; found by
 // checkpoint_e2e_test's random kills).
 TEST_F(CheckpointTest, ResumeAfterTheLastTrainingBatchEqualsTheUninterruptedFit) {
-  TrainingRun reference(scratch.path / "reference", 11);
-  ASSERT_EQ(reference.loop.fit(reference.model, kEpochs), FitStatus::completed);
-  const fs::path dir = scratch.path / "resumed";
-  {
-    TrainingRun first(dir, 11, {stop_after(8)});
-    EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::cancelled);
-  }
-  TrainingRun second(dir, 99);
-  ASSERT_EQ(second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string()),
-            FitStatus::completed);
-  EXPECT_EQ(second.loop.state().resumed_from,
-            (dir / "checkpoints" / "epoch0000-batch000008").string());
-  expect_bitwise_equal(second.weights(), reference.weights());
-  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
-  EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
+  expect_resume_equals_uninterrupted(8, "epoch0000-batch000008");
 }
 
 TEST_F(CheckpointTest, ResumeAtAnEpochEndEqualsTheUninterruptedFit) {
