@@ -203,15 +203,15 @@ def measure_pairs(runner):
     return out
 
 
-def pair_ratios(pairs, w, key="paired_cpu_ratios"):
-    """Every round's trainloop/hand ratio, all processes of the workload together."""
-    return [r for result in pairs[w] for config in result["configs"] if config["name"] == "trainloop"
-            for r in config[key]]
-
-
 def config_values(pairs, w, name, key):
+    """`key`'s values of configuration `name`, all pairs processes of the workload together."""
     return [x for result in pairs[w] for config in result["configs"] if config["name"] == name
             for x in config[key]]
+
+
+def pair_ratios(pairs, w, key="paired_cpu_ratios"):
+    """Every round's trainloop/hand ratio, all processes of the workload together."""
+    return config_values(pairs, w, "trainloop", key)
 
 
 def measure_pipeline(runner):
@@ -330,7 +330,7 @@ def med(values):
 
 def quartiles(values):
     if len(values) < 2:
-        return f"{values[0]:.3g}–{values[0]:.3g}" if values else "–"
+        return f"{values[0]:.3f}–{values[0]:.3f}" if values else "–"
     q = statistics.quantiles(values, n=4, method="inclusive")
     return f"{q[0]:.3f}–{q[2]:.3f}"
 
