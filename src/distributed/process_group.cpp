@@ -141,6 +141,22 @@ void Work::wait() {
 
 namespace {
 
+// Sets TCPStoreOptions::useLibUV where this LibTorch has it (2.2+); false
+// where it has none.
+template <class StoreOptions>
+auto use_libuv(StoreOptions& store_options, bool use, int) -> decltype(store_options.useLibUV = use, true) {
+  store_options.useLibUV = use;
+  return true;
+}
+template <class StoreOptions>
+bool use_libuv(StoreOptions&, bool, long) {
+  return false;
+}
+template <class StoreOptions>
+bool use_libuv(StoreOptions& store_options, bool use) {
+  return use_libuv(store_options, use, 0);
+}
+
 c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, const Options& options) {
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<std::uint16_t>(env.port);
@@ -150,7 +166,14 @@ c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, const Options
   store_options.waitWorkers = false;
   store_options.timeout = options.timeout();
   try {
-    return c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    try {
+      return c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    } catch (const std::exception& e) {
+      // LibTorch 2.4+ asks for the libuv store by default, and a build
+      // without libuv (Debian's) refuses instead of falling back.
+      if (message_of(e).find("libuv") == std::string::npos || !use_libuv(store_options, false)) throw;
+      return c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    }
   } catch (const std::exception& e) {
     if (env.rank == 0) {
       throw Error(fmt::format(
