@@ -54,6 +54,9 @@ uint32_t crc32_of(std::string_view bytes) {
   return static_cast<uint32_t>(crc);
 }
 
+// size_t before LibTorch 2.x, c10::DeviceIndex (signed) after.
+int64_t cuda_device_count() { return static_cast<int64_t>(torch::cuda::device_count()); }
+
 std::string shape_text(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
 // JSON has no NaN or infinity; metric values may be either.
@@ -169,7 +172,7 @@ void write_rank_state(TrainingLoop& loop, torch::serialize::OutputArchive& state
   torch::serialize::OutputArchive generators;
   generators.write("cpu", at::globalContext().defaultGenerator(torch::kCPU).get_state());
   if (torch::cuda::is_available()) {
-    for (size_t i = 0; i < torch::cuda::device_count(); ++i) {
+    for (int64_t i = 0; i < cuda_device_count(); ++i) {
       const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
       generators.write(fmt::format("cuda{}", i),
                        at::globalContext().defaultGenerator(device).get_state());
@@ -770,7 +773,7 @@ void restore_callbacks(TrainingLoop& loop, const LoadedCheckpoint& checkpoint) {
   try {
     set_generator_state(torch::kCPU, cpu);
     if (torch::cuda::is_available()) {
-      for (size_t i = 0; i < torch::cuda::device_count(); ++i) {
+      for (int64_t i = 0; i < cuda_device_count(); ++i) {
         torch::Tensor saved;
         if (!generators.try_read(fmt::format("cuda{}", i), saved)) continue;
         const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
