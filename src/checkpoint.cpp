@@ -437,8 +437,10 @@ namespace {
   throw Error(fmt::format("{}: field \"{}\": expected {}", source, field, expected));
 }
 
+// `field` by value: a reference parameter bound to a temporary string makes
+// g++ 14 warn that the returned reference may dangle.
 const json& member(const json& object, const char* key, const std::string& source,
-                   const std::string& field) {
+                   std::string_view field) {
   const auto found = object.find(key);
   if (found == object.end()) throw Error(fmt::format("{}: field \"{}\" is missing", source, field));
   return *found;
