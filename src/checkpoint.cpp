@@ -18,6 +18,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <tuple>
 
 #include "checkpoint_restore.h"
