@@ -26,7 +26,7 @@ if(NOT jobs)
   set(jobs 2)
 endif()
 
-set(configure_args -G "${GENERATOR}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}")
+set(configure_args -G "${GENERATOR}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" --no-warn-unused-cli)
 string(REPLACE "|" ";" dependency_dirs "${DEPENDENCY_DIRS}")
 foreach(setting ${dependency_dirs})
   list(APPEND configure_args "-D${setting}")
