@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/event.h"
 
 namespace torch::serialize {
@@ -18,19 +19,19 @@ class TrainingLoop;
 /// Common base of the three cancel requests; the loop catches each at its
 /// level. A cancel takes effect once every callback has seen the event it was
 /// thrown at (the widest of several wins).
-struct Cancel {
+struct TRAINLOOP_API Cancel {
   virtual ~Cancel() = default;
 };
 /// Thrown by a callback to skip the rest of the current batch (batch_end still runs).
-struct CancelBatch : Cancel {};
+struct TRAINLOOP_API CancelBatch : Cancel {};
 /// Thrown by a callback to skip the rest of the current epoch (epoch_end still runs).
-struct CancelEpoch : Cancel {};
+struct TRAINLOOP_API CancelEpoch : Cancel {};
 /// Thrown by a callback to end the fit cleanly (fit_end still runs).
-struct CancelFit : Cancel {};
+struct TRAINLOOP_API CancelFit : Cancel {};
 
 /// Something that runs at the loop's events. It reads and may change
 /// `loop.state()`, and throws a `Cancel` type to stop work.
-class Callback {
+class TRAINLOOP_API Callback {
  public:
   virtual ~Callback() = default;
   /// Called at every event, in the order the callbacks were given.
@@ -58,7 +59,7 @@ class Callback {
 };
 
 /// A callback made of one function, for one-off customization.
-class LambdaCallback : public Callback {
+class TRAINLOOP_API LambdaCallback : public Callback {
  public:
   using Function = std::function<void(Event, TrainingLoop&)>;
   /// `name` is what error messages call this callback.
@@ -74,8 +75,8 @@ class LambdaCallback : public Callback {
 namespace callbacks {
 /// Wraps a function of `(Event, TrainingLoop&)` as a callback.
 /// Example: `callbacks::lambda([](Event e, TrainingLoop& l) { ... })`
-std::shared_ptr<Callback> lambda(LambdaCallback::Function function,
-                                 std::string name = "lambda");
+TRAINLOOP_API std::shared_ptr<Callback> lambda(LambdaCallback::Function function,
+                                               std::string name = "lambda");
 }  // namespace callbacks
 
 }  // namespace trainloop

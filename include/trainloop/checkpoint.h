@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/model.h"
 
 namespace trainloop {
@@ -62,26 +63,26 @@ struct CheckpointNote {
 /// metrics are gathered into `state.pt` (so each resumes exactly), rank 0
 /// alone writes, and no rank returns before the checkpoint is in place (each
 /// throws `Error` if rank 0 failed).
-void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
-                     const CheckpointNote& note = {});
+TRAINLOOP_API void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
+                                   const CheckpointNote& note = {});
 
 /// Reads and checks a checkpoint's manifest and files (sizes and CRC-32s).
 /// Throws `Error` naming the file and what is wrong, e.g.
 /// `run/ckpt/epoch0002-batch000000/model.pt: 1024 bytes, the manifest says 245482`.
-CheckpointInfo verify_checkpoint(const std::string& path);
+TRAINLOOP_API CheckpointInfo verify_checkpoint(const std::string& path);
 
 /// The names of the checkpoint directories `callbacks::checkpoint` writes in
 /// `directory`, oldest first (by position), without checking them. Empty
 /// when the directory holds none or does not exist.
-std::vector<std::string> checkpoint_names(const std::string& directory);
+TRAINLOOP_API std::vector<std::string> checkpoint_names(const std::string& directory);
 
 /// The checkpoint directory name for a resume point, e.g. "epoch0002-batch000013".
-std::string checkpoint_name(ResumePoint resume);
+TRAINLOOP_API std::string checkpoint_name(ResumePoint resume);
 
 /// Saves the model's parameters and buffers (on the CPU) as a state dict to
 /// `path`, atomically: `torch.load(path)` in Python returns a dict of
 /// tensors for `model.load_state_dict`. Throws `Error` naming the path.
-void save_weights(const Model& model, const std::string& path);
+TRAINLOOP_API void save_weights(const Model& model, const std::string& path);
 
 /// Loads what `save_weights` (or Python's `torch.save(model.state_dict())`)
 /// wrote into `model`, in place. The file is read as a state dict and
@@ -89,6 +90,6 @@ void save_weights(const Model& model, const std::string& path);
 /// pickle that calls any other function is refused. Throws `Error` naming the
 /// path and the first parameter or buffer whose name or shape does not match,
 /// leaving the model as it was.
-void load_weights(Model& model, const std::string& path);
+TRAINLOOP_API void load_weights(Model& model, const std::string& path);
 
 }  // namespace trainloop

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/reduce_op.h"
 
 namespace trainloop::distributed {
@@ -47,7 +48,7 @@ struct Environment {
 /// Throws `Error` naming the variable, what it holds and what was expected
 /// for a missing or inconsistent one, e.g.
 /// `RANK is 2, expected 0 to 1 (WORLD_SIZE is 2)`.
-std::optional<Environment> read_environment();
+TRAINLOOP_API std::optional<Environment> read_environment();
 
 /// Settings for `init` and `ProcessGroup`.
 /// Example: `distributed::Options().timeout(std::chrono::seconds(30))`
@@ -74,7 +75,7 @@ struct Statistics {
 class ProcessGroup;
 
 /// An all-reduce in flight, from `ProcessGroup::all_reduce_async`.
-class Work {
+class TRAINLOOP_API Work {
  public:
   Work();
   ~Work();
@@ -101,7 +102,7 @@ class Work {
 /// cannot complete — a peer exited, or did not take part within the timeout —
 /// throws `Error` naming this rank and the operation instead of hanging.
 /// Tensors may live on any device; they are staged to `device()` as needed.
-class ProcessGroup {
+class TRAINLOOP_API ProcessGroup {
  public:
   /// Joins the group that `environment` describes: rank 0 serves a TCPStore
   /// at MASTER_ADDR:MASTER_PORT, the others connect to it, and the backend
@@ -157,7 +158,7 @@ class ProcessGroup {
 ///   auto group = distributed::init();   // null without torchrun
 ///   loop.data_parallel(group);
 /// Throws `Error` as `read_environment` and `ProcessGroup` do.
-std::shared_ptr<ProcessGroup> init(const Options& options = {});
+TRAINLOOP_API std::shared_ptr<ProcessGroup> init(const Options& options = {});
 
 /// Settings for `TrainingLoop::data_parallel`.
 /// Example: `distributed::DataParallelOptions().bucket_bytes(4 << 20)`

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "trainloop/export.h"
+
 namespace trainloop {
 
 /// The points of the loop at which callbacks run, in the order of a fit:
@@ -25,6 +27,6 @@ enum class Event {
 };
 
 /// The event's name as written in code, e.g. "batch_end".
-const char* to_string(Event event);
+TRAINLOOP_API const char* to_string(Event event);
 
 }  // namespace trainloop

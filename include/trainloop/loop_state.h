@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/metrics.h"
 
 namespace trainloop {
@@ -17,12 +18,12 @@ namespace trainloop {
 enum class Phase { training, validation, evaluation, prediction };
 
 /// The phase's name, e.g. "validation".
-const char* to_string(Phase phase);
+TRAINLOOP_API const char* to_string(Phase phase);
 
 /// Everything callbacks may read and change while the loop runs. The loop
 /// reads back `inputs` and `targets` after batch_start, `outputs` and `loss`
 /// after inference_prediction_end, so a callback can replace them.
-struct LoopState {
+struct TRAINLOOP_API LoopState {
   /// Current epoch, 0-based, and the number of epochs of this fit.
   int64_t epoch = 0;
   int64_t epoch_count = 0;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/model.h"
 
 namespace trainloop {
@@ -65,6 +66,6 @@ struct LrFinderResult {
 /// Example:
 ///   auto found = lr_find(loop, model, LrFinderOptions().svg_path("lr.svg"));
 ///   optimizer_lr = found.suggested_steepest;
-LrFinderResult lr_find(TrainingLoop& loop, Model model, LrFinderOptions options = {});
+TRAINLOOP_API LrFinderResult lr_find(TrainingLoop& loop, Model model, LrFinderOptions options = {});
 
 }  // namespace trainloop

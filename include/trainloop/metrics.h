@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/reduce_op.h"
 
 namespace trainloop {
@@ -12,7 +13,7 @@ namespace trainloop {
 /// A streaming metric: `update` accumulates tensors on the outputs' device
 /// without reading them back (no host-device sync); `compute` reads the
 /// accumulated value once, when a number is needed.
-class Metric {
+class TRAINLOOP_API Metric {
  public:
   virtual ~Metric() = default;
   /// Column name in logs, e.g. "accuracy". Validation values get a "val_" prefix.
@@ -45,23 +46,23 @@ class Metric {
 
 namespace metrics {
 /// Mean of the per-batch loss, weighted by batch size. Name "loss".
-std::shared_ptr<Metric> loss();
+TRAINLOOP_API std::shared_ptr<Metric> loss();
 /// Fraction of correct predictions. Outputs `[N, C]` are scored by argmax
 /// (the first maximum on ties); outputs `[N]` or `[N, 1]` are binary logits,
 /// positive when > 0. Name "accuracy".
-std::shared_ptr<Metric> accuracy();
+TRAINLOOP_API std::shared_ptr<Metric> accuracy();
 /// Fraction of examples whose target is among the k highest scores of
 /// `[N, C]` outputs; ties rank the higher class index first, as scikit-learn's
 /// `top_k_accuracy_score`. Name "top{k}_accuracy", e.g. "top5_accuracy".
-std::shared_ptr<Metric> top_k_accuracy(int64_t k);
+TRAINLOOP_API std::shared_ptr<Metric> top_k_accuracy(int64_t k);
 /// Matthews correlation coefficient, binary or multiclass (the R_K
 /// statistic, as scikit-learn's `matthews_corrcoef`), from a confusion matrix
 /// kept on the device; 0 when undefined (one class only). Predictions as in
 /// `accuracy`. Name "matthews_correlation".
-std::shared_ptr<Metric> matthews_correlation();
+TRAINLOOP_API std::shared_ptr<Metric> matthews_correlation();
 /// exp of the mean per-token loss (cross-entropy), weighted by the number of
 /// target elements. Name "perplexity".
-std::shared_ptr<Metric> perplexity();
+TRAINLOOP_API std::shared_ptr<Metric> perplexity();
 }  // namespace metrics
 
 }  // namespace trainloop

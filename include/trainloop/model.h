@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "trainloop/export.h"
+
 namespace trainloop {
 
 namespace detail {
@@ -26,7 +28,7 @@ struct has_tensor_forward<
 /// `std::shared_ptr` to a module with `forward(Tensor)`, a
 /// `torch::nn::AnyModule`, or a TorchScript `torch::jit::Module`. Copies share
 /// the same module.
-class Model {
+class TRAINLOOP_API Model {
  public:
   using Forward = std::function<torch::Tensor(const torch::Tensor&)>;
 

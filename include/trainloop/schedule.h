@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "trainloop/export.h"
+
 namespace trainloop {
 
 /// How a segment moves from its start rate to its end rate: returns the rate
@@ -19,20 +21,20 @@ using Shape = std::function<double(double start, double end, double t)>;
 
 namespace shapes {
 /// Straight line: `start + (end - start) * t`.
-double linear(double start, double end, double t);
+TRAINLOOP_API double linear(double start, double end, double t);
 /// Half cosine, flat at both ends: `end + (start - end) / 2 * (cos(pi * t) + 1)`
 /// (PyTorch's annealing formula, evaluated the same way).
-double cosine(double start, double end, double t);
+TRAINLOOP_API double cosine(double start, double end, double t);
 /// Geometric interpolation: `start * (end / start)^t`, a straight line on a
 /// log scale. Both rates must be > 0, else `Error`.
-double exponential(double start, double end, double t);
+TRAINLOOP_API double exponential(double start, double end, double t);
 /// Holds the end rate throughout (the start rate is ignored), so
 /// `{shapes::constant, {}, 0.01, 100}` means "0.01 for 100 steps".
-double constant(double start, double end, double t);
+TRAINLOOP_API double constant(double start, double end, double t);
 /// A shape from a weight function `w` mapping t in [0, 1] to [0, 1]:
 /// `start + (end - start) * w(t)`.
 /// Example: `shapes::from_weight([](double t) { return t * t; })`
-Shape from_weight(std::function<double(double t)> weight);
+TRAINLOOP_API Shape from_weight(std::function<double(double t)> weight);
 }  // namespace shapes
 
 /// One piece of a `Schedule`: a shape between two rates over a number of steps.
@@ -80,7 +82,7 @@ struct Segment {
 ///
 /// Schedules can also carry a momentum schedule (see `with_momentum`), as
 /// `schedules::one_cycle` does; `callbacks::lr_scheduler` applies both.
-class Schedule {
+class TRAINLOOP_API Schedule {
  public:
   /// The rate for 0-based `step` (used by update number step + 1) of a fit
   /// of `total_steps` steps.
@@ -128,11 +130,11 @@ namespace schedules {
 /// decay to 0 at the end of the fit (BERT's schedule; HuggingFace's
 /// get_linear_schedule_with_warmup). Step k < w uses peak * k / w, step k >= w
 /// uses peak * (T - k) / (T - w).
-Schedule warmup_linear(double peak, int64_t warmup_steps);
+TRAINLOOP_API Schedule warmup_linear(double peak, int64_t warmup_steps);
 
 /// Linear warm-up from 0 to `peak` over `warmup_steps` steps, then half-cosine
 /// decay to `final_rate` at the end of the fit.
-Schedule warmup_cosine(double peak, int64_t warmup_steps, double final_rate = 0.0);
+TRAINLOOP_API Schedule warmup_cosine(double peak, int64_t warmup_steps, double final_rate = 0.0);
 
 /// Settings for `one_cycle`; the defaults are PyTorch's OneCycleLR defaults.
 /// Example: `OneCycleOptions().pct_start(0.25).cycle_momentum(false)`
@@ -163,10 +165,10 @@ struct OneCycleOptions {
 /// so step T - 1 uses the final rate (and steps past T - 1 keep it). Momentum
 /// (when cycled) goes max → base → max on the same phases.
 /// `rate` throws `Error` when pct_start * T <= 1 (no warm-up step).
-Schedule one_cycle(double max_lr, OneCycleOptions options = {});
+TRAINLOOP_API Schedule one_cycle(double max_lr, OneCycleOptions options = {});
 
 /// `initial * factor^floor(step / every_n_steps)` (PyTorch's StepLR).
-Schedule step_decay(double initial, double factor, int64_t every_n_steps);
+TRAINLOOP_API Schedule step_decay(double initial, double factor, int64_t every_n_steps);
 
 }  // namespace schedules
 

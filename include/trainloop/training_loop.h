@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 #include "trainloop/data/epochs.h"
 #include "trainloop/distributed.h"
@@ -40,7 +41,7 @@ enum class FitStatus {
 ///                     optimizer, losses::cross_entropy, {metrics::accuracy()},
 ///                     {callbacks::progress()});
 ///   loop.fit(model, 10, torch::kCPU);
-class TrainingLoop {
+class TRAINLOOP_API TrainingLoop {
  public:
   /// Computes `state.outputs` from `state.inputs` and, when `state.targets`
   /// is defined, `state.loss`. Replace it for models that need more than

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 #include "trainloop/callbacks/early_stopping.h"
 #include "trainloop/checkpoint.h"
@@ -52,7 +53,7 @@ struct CheckpointOptions {
 /// (the best value and checkpoint) is saved under the key "checkpoint".
 /// In a data-parallel fit it runs on every rank, which decide alike (the
 /// time trigger by rank 0's clock) and save together: rank 0 writes.
-class CheckpointCallback : public Callback {
+class TRAINLOOP_API CheckpointCallback : public Callback {
  public:
   CheckpointCallback(std::string directory, CheckpointOptions options);
   void on_event(Event event, TrainingLoop& loop) override;
@@ -89,7 +90,7 @@ class CheckpointCallback : public Callback {
 
 /// A `CheckpointCallback` writing into `directory`.
 /// Example: `callbacks::checkpoint("run/checkpoints", CheckpointOptions().every_n_steps(100))`
-std::shared_ptr<CheckpointCallback> checkpoint(std::string directory,
-                                               CheckpointOptions options = {});
+TRAINLOOP_API std::shared_ptr<CheckpointCallback> checkpoint(std::string directory,
+                                                             CheckpointOptions options = {});
 
 }  // namespace trainloop::callbacks

@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -53,6 +54,6 @@ struct CsvLoggerOptions {
 /// with the same logger appends. `evaluate` and `predict` write nothing.
 /// Throws `Error` naming the file when it cannot be created, written or
 /// flushed, or when an existing file's header differs.
-std::shared_ptr<Callback> csv_logger(CsvLoggerOptions options);
+TRAINLOOP_API std::shared_ptr<Callback> csv_logger(CsvLoggerOptions options);
 
 }  // namespace trainloop::callbacks

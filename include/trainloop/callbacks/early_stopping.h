@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -41,6 +42,6 @@ struct EarlyStoppingOptions {
 /// The counters (best value, epochs waited, best epoch) and, with
 /// `restore_best`, the best weights are saved under the key "early_stopping";
 /// they start afresh after each fit ends.
-std::shared_ptr<Callback> early_stopping(EarlyStoppingOptions options);
+TRAINLOOP_API std::shared_ptr<Callback> early_stopping(EarlyStoppingOptions options);
 
 }  // namespace trainloop::callbacks

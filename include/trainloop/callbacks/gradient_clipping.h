@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -32,6 +33,6 @@ struct GradientClippingOptions {
 /// on the gradients' device, so clipping never waits for the device
 /// (LibTorch's `clip_grad_norm_` reads the norm back every step).
 /// State key "gradient_clipping".
-std::shared_ptr<Callback> gradient_clipping(GradientClippingOptions options);
+TRAINLOOP_API std::shared_ptr<Callback> gradient_clipping(GradientClippingOptions options);
 
 }  // namespace trainloop::callbacks

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 #include "trainloop/schedule.h"
 
@@ -35,6 +36,7 @@ struct LrSchedulerOptions {
 /// `Error` naming its type. The schedule depends only on (global_step,
 /// total), so there is no state to checkpoint. State key "lr_scheduler".
 /// Example: `callbacks::lr_scheduler(schedules::warmup_linear(2e-5, 10))`
-std::shared_ptr<Callback> lr_scheduler(Schedule schedule, LrSchedulerOptions options = {});
+TRAINLOOP_API std::shared_ptr<Callback> lr_scheduler(Schedule schedule,
+                                                     LrSchedulerOptions options = {});
 
 }  // namespace trainloop::callbacks

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -31,7 +32,7 @@ struct PlotOptions {
 /// dashed one. The file is written at fit_start (empty panels; an unwritable
 /// directory fails the fit there, naming the path) and rewritten after every
 /// epoch, reading each metric once per epoch. State key "plot".
-std::shared_ptr<Callback> plot(PlotOptions options);
+TRAINLOOP_API std::shared_ptr<Callback> plot(PlotOptions options);
 
 /// Draws the same picture from a CSV log as the CSV logger writes it: a
 /// header `epoch,batch,phase,step,lr,<metric names...>` (epoch 1-based, phase
@@ -41,6 +42,6 @@ std::shared_ptr<Callback> plot(PlotOptions options);
 /// missing values. Throws `Error` naming file, line and column, e.g.
 ///   run/log.csv:7:6: "abc" in column "loss" is not a number
 /// Example: `plot_csv_log("run/log.csv", "run/curves.svg")`
-void plot_csv_log(const std::string& csv_path, const PlotOptions& options);
+TRAINLOOP_API void plot_csv_log(const std::string& csv_path, const PlotOptions& options);
 
 }  // namespace trainloop::callbacks

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -39,6 +40,6 @@ struct ProgressOptions {
 /// and, when the epoch ends, the finished line with training and validation
 /// metrics. Elsewhere (files, pipes, CI logs) only the finished line, one per
 /// epoch, with no control characters.
-std::shared_ptr<Callback> progress(ProgressOptions options = {});
+TRAINLOOP_API std::shared_ptr<Callback> progress(ProgressOptions options = {});
 
 }  // namespace trainloop::callbacks

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 #include "trainloop/callbacks/early_stopping.h"  // Mode
 
@@ -49,6 +50,6 @@ struct ReduceLrOnPlateauOptions {
 /// metric was not computed, or training diverged) is an `Error` naming the
 /// monitor. Its counters are saved under the key "reduce_lr_on_plateau" and
 /// start afresh after each fit ends; the reduced rate stays in the optimizer.
-std::shared_ptr<Callback> reduce_lr_on_plateau(ReduceLrOnPlateauOptions options);
+TRAINLOOP_API std::shared_ptr<Callback> reduce_lr_on_plateau(ReduceLrOnPlateauOptions options);
 
 }  // namespace trainloop::callbacks

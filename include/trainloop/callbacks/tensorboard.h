@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -46,6 +47,6 @@ struct TensorBoardOptions {
 /// the number of optimizer updates (`state.global_step`). Training values
 /// are the running averages since the epoch began. Files are flushed at epoch
 /// ends (at most once per `flush_seconds`, and at checkpoints) and closed at fit_end, also after a cancel or an error.
-std::shared_ptr<Callback> tensorboard(TensorBoardOptions options = {});
+TRAINLOOP_API std::shared_ptr<Callback> tensorboard(TensorBoardOptions options = {});
 
 }  // namespace trainloop::callbacks

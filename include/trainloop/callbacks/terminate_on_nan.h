@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "trainloop/export.h"
 #include "trainloop/callback.h"
 
 namespace trainloop::callbacks {
@@ -32,6 +33,6 @@ struct TerminateOnNanOptions {
 /// The loop wraps it ("callback terminate_on_nan failed at batch_end: …")
 /// and still runs fit_end, so other callbacks flush their files. The update
 /// of the offending batch has already been applied. State key "terminate_on_nan".
-std::shared_ptr<Callback> terminate_on_nan(TerminateOnNanOptions options = {});
+TRAINLOOP_API std::shared_ptr<Callback> terminate_on_nan(TerminateOnNanOptions options = {});
 
 }  // namespace trainloop::callbacks

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/data/tensor_dataset.h"
 
 namespace trainloop::data {
@@ -22,10 +23,10 @@ enum class CifarVariant {
 };
 
 /// The variant's name, e.g. "CIFAR-100 (fine labels)".
-const char* to_string(CifarVariant variant);
+TRAINLOOP_API const char* to_string(CifarVariant variant);
 
 /// Bytes per record of the variant: 3073 for CIFAR-10, 3074 for CIFAR-100.
-int64_t cifar_record_bytes(CifarVariant variant);
+TRAINLOOP_API int64_t cifar_record_bytes(CifarVariant variant);
 
 /// Parses the records of a CIFAR binary file held in memory: inputs float
 /// `[N, 3, 32, 32]` (channels R, G, B; rows top to bottom) scaled to [0, 1],
@@ -35,28 +36,28 @@ int64_t cifar_record_bytes(CifarVariant variant);
 /// or a label out of range (naming the record, its byte offset and the value).
 /// Safe on any bytes: it checks every label before it allocates, and
 /// allocates only in proportion to `bytes.size()`.
-TensorDataset parse_cifar(std::string_view bytes, const std::string& source_name,
-                          CifarVariant variant);
+TRAINLOOP_API TensorDataset parse_cifar(std::string_view bytes, const std::string& source_name,
+                                        CifarVariant variant);
 
 /// Reads one CIFAR binary file (see `parse_cifar`). Throws `Error` naming
 /// the path for a missing or unreadable file and for bad content.
-TensorDataset read_cifar(const std::string& path, CifarVariant variant);
+TRAINLOOP_API TensorDataset read_cifar(const std::string& path, CifarVariant variant);
 
 /// Reads several CIFAR binary files of one variant into one dataset, their
 /// records in the order given (e.g. the five CIFAR-10 training batches).
-TensorDataset read_cifar(const std::vector<std::string>& paths, CifarVariant variant);
+TRAINLOOP_API TensorDataset read_cifar(const std::vector<std::string>& paths, CifarVariant variant);
 
 /// CIFAR-10 from a directory holding `data_batch_1.bin` … `data_batch_5.bin`
 /// and `test_batch.bin` (the extracted `cifar-10-binary.tar.gz`; a directory
 /// holding the archive's `cifar-10-batches-bin/` folder works too). Returns
 /// (train, test): 50000 and 10000 images for the real data set. Throws
 /// `Error` naming the directory and the file that is missing.
-std::pair<TensorDataset, TensorDataset> cifar10(const std::string& directory);
+TRAINLOOP_API std::pair<TensorDataset, TensorDataset> cifar10(const std::string& directory);
 
 /// CIFAR-100 from a directory holding `train.bin` and `test.bin` (or the
 /// archive's `cifar-100-binary/` folder), with fine (default) or coarse
 /// labels as targets. Returns (train, test).
-std::pair<TensorDataset, TensorDataset> cifar100(
+TRAINLOOP_API std::pair<TensorDataset, TensorDataset> cifar100(
     const std::string& directory, CifarVariant labels = CifarVariant::cifar100_fine);
 
 }  // namespace trainloop::data

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/data/tensor_dataset.h"
 
 namespace trainloop::data {
@@ -116,13 +117,13 @@ struct CsvTable {
 ///   wine.csv:7:3: "abc" in column 3 "ash" is not a number, expected a number
 /// Never crashes, hangs or allocates more than a small multiple of the text's
 /// size, whatever the bytes.
-CsvTable parse_csv_table(std::string_view text, const std::string& source_name,
-                         const CsvOptions& options = {});
+TRAINLOOP_API CsvTable parse_csv_table(std::string_view text, const std::string& source_name,
+                                       const CsvOptions& options = {});
 
 /// Reads a CSV file (gzip-compressed when the name ends in ".gz") with
 /// `parse_csv_table`. A missing or unreadable file gives `Error` naming it.
 /// Example: `read_csv_table("Iris.csv", CsvOptions("Species").drop({"Id"}))`
-CsvTable read_csv_table(const std::string& path, const CsvOptions& options = {});
+TRAINLOOP_API CsvTable read_csv_table(const std::string& path, const CsvOptions& options = {});
 
 /// Parses a table in the format of scikit-learn's bundled classification
 /// CSVs (iris.csv, wine_data.csv, breast_cancer.csv): a first line
@@ -130,10 +131,10 @@ CsvTable read_csv_table(const std::string& path, const CsvOptions& options = {})
 /// and a class index. Features are named "1" … "n_features", the label
 /// column "n_features + 1"; class names come from the first line. Checks the
 /// counts against the rows and throws `Error` naming the line otherwise.
-CsvTable parse_sklearn_csv(std::string_view text, const std::string& source_name);
+TRAINLOOP_API CsvTable parse_sklearn_csv(std::string_view text, const std::string& source_name);
 
 /// Reads a scikit-learn bundled classification CSV (see `parse_sklearn_csv`).
 /// Example: `read_sklearn_csv("/usr/lib/python3/dist-packages/sklearn/datasets/data/wine_data.csv")`
-CsvTable read_sklearn_csv(const std::string& path);
+TRAINLOOP_API CsvTable read_sklearn_csv(const std::string& path);
 
 }  // namespace trainloop::data

@@ -6,6 +6,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "trainloop/export.h"
 #include "trainloop/data/batch.h"
 #include "trainloop/data/tensor_dataset.h"
 
@@ -13,7 +14,7 @@ namespace trainloop::data {
 
 /// A source of batches, epoch by epoch. Implement it to feed the loop from
 /// anything; `Epochs` and `Batches` serve in-memory tensors.
-class BatchSource {
+class TRAINLOOP_API BatchSource {
  public:
   virtual ~BatchSource() = default;
   /// Prepares epoch `epoch` (0-based), e.g. draws its order.
@@ -36,7 +37,7 @@ class BatchSource {
 /// The order of epoch e depends only on (seed, e), so a resumed run sees the
 /// same batches. Batches are cut with one `index_select` per batch.
 /// Example: `Epochs(train, 64).shuffle(true).seed(42)`
-class Epochs : public BatchSource {
+class TRAINLOOP_API Epochs : public BatchSource {
  public:
   /// `batch_size` examples per batch (the last one may be smaller).
   Epochs(TensorDataset dataset, int64_t batch_size);
@@ -82,7 +83,7 @@ class Epochs : public BatchSource {
 
 /// Batches in dataset order, for validation, evaluation and prediction.
 /// Example: `Batches(test, 256)`
-class Batches : public Epochs {
+class TRAINLOOP_API Batches : public Epochs {
  public:
   Batches(TensorDataset dataset, int64_t batch_size);
 };
@@ -90,7 +91,7 @@ class Batches : public Epochs {
 /// The order of the examples for epoch `epoch`: a permutation of
 /// `0..size-1` that depends only on (seed, epoch), the same on every platform
 /// and LibTorch version.
-torch::Tensor epoch_permutation(int64_t size, uint64_t seed, int64_t epoch);
+TRAINLOOP_API torch::Tensor epoch_permutation(int64_t size, uint64_t seed, int64_t epoch);
 
 /// A shared handle to any `BatchSource`, or nothing (e.g. no validation data).
 /// Converts implicitly from `Epochs`, `Batches` or any other source.

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "trainloop/export.h"
 #include "trainloop/data/batch.h"
 #include "trainloop/data/epochs.h"
 
@@ -35,6 +36,7 @@ struct PrefetchOptions {
 /// needs no locking. Throws `Error` for a depth < 1, a null source, or a
 /// batch out of range or before `start_epoch`.
 /// Example: `TrainingLoop loop(data::prefetch(TorchDataset(images, 64)), …)`
-std::shared_ptr<BatchSource> prefetch(DataSource source, PrefetchOptions options = {});
+TRAINLOOP_API std::shared_ptr<BatchSource> prefetch(DataSource source,
+                                                    PrefetchOptions options = {});
 
 }  // namespace trainloop::data

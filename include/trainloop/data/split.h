@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "trainloop/export.h"
 #include "trainloop/data/tensor_dataset.h"
 
 namespace trainloop::data {
@@ -37,17 +38,17 @@ struct SplitIndices {
 /// left empty, or (stratified) targets that are missing, not integers `[N]`,
 /// or with a class of one example.
 /// Example: `auto parts = train_test_split_indices(table.dataset, 0.2, 42, true);`
-SplitIndices train_test_split_indices(const TensorDataset& dataset, double test_fraction,
-                                      uint64_t seed, bool stratify = false);
+TRAINLOOP_API SplitIndices train_test_split_indices(const TensorDataset& dataset,
+                                                    double test_fraction, uint64_t seed,
+                                                    bool stratify = false);
 
 /// `train_test_split_indices`, then the two parts as datasets (training, test).
 /// Example: `auto [train, test] = train_test_split(table.dataset, 0.2, 42, /*stratify=*/true);`
-std::pair<TensorDataset, TensorDataset> train_test_split(const TensorDataset& dataset,
-                                                         double test_fraction, uint64_t seed,
-                                                         bool stratify = false);
+TRAINLOOP_API std::pair<TensorDataset, TensorDataset> train_test_split(
+    const TensorDataset& dataset, double test_fraction, uint64_t seed, bool stratify = false);
 
 /// The examples `indices` (int64 `[n]`, each in 0..N-1) of `dataset`, copied.
 /// Throws `Error` for indices of another shape or type, or out of range.
-TensorDataset subset(const TensorDataset& dataset, const torch::Tensor& indices);
+TRAINLOOP_API TensorDataset subset(const TensorDataset& dataset, const torch::Tensor& indices);
 
 }  // namespace trainloop::data

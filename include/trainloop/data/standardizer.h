@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "trainloop/export.h"
 #include "trainloop/data/tensor_dataset.h"
 
 namespace trainloop::data {
@@ -21,7 +22,7 @@ namespace trainloop::data {
 ///   Standardizer standardizer(train.inputs);   // fit on the training part only
 ///   train = standardizer.transform(train);
 ///   test = standardizer.transform(test);
-class Standardizer {
+class TRAINLOOP_API Standardizer {
  public:
   /// An unfitted standardizer; `fit` or `load` it before `transform`.
   Standardizer() = default;

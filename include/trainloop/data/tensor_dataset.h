@@ -2,11 +2,13 @@
 
 #include <torch/torch.h>
 
+#include "trainloop/export.h"
+
 namespace trainloop::data {
 
 /// An in-memory dataset: example i is `inputs[i]` with `targets[i]`.
 /// `targets` may be undefined for prediction-only data.
-struct TensorDataset {
+struct TRAINLOOP_API TensorDataset {
   TensorDataset() = default;
   /// Checks that both tensors hold the same number of examples.
   TensorDataset(torch::Tensor inputs, torch::Tensor targets);

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/data/tensor_dataset.h"
 
 namespace trainloop::data {
@@ -18,7 +19,7 @@ namespace trainloop::data {
 /// 0..size()-1. The default holds all 256 byte values, id = byte value, so any
 /// text (UTF-8 included, one token per byte) encodes; `Vocabulary::of(text)`
 /// keeps only the bytes seen, for a smaller embedding and output layer.
-class Vocabulary {
+class TRAINLOOP_API Vocabulary {
  public:
   /// All 256 bytes; the id of a byte is its value.
   Vocabulary();
@@ -49,7 +50,7 @@ class Vocabulary {
 /// Decodes ids of the default 256-byte vocabulary (id = byte value) back to
 /// text; see `Vocabulary::decode`.
 /// Example: `decode(torch::tensor({104, 105}))` is "hi".
-std::string decode(const torch::Tensor& ids);
+TRAINLOOP_API std::string decode(const torch::Tensor& ids);
 
 /// Settings for text windows.
 /// Example: `TextOptions(128).stride(64).compact_vocabulary(true)`
@@ -74,14 +75,14 @@ struct TextOptions {
 /// stride); a batch cut by `Epochs` is a contiguous copy. Throws `Error`
 /// starting with `source_name` for a window or stride <= 0, a text of T bytes
 /// or fewer, or a byte outside `vocabulary`.
-TensorDataset text_windows(std::string_view text, const TextOptions& options,
-                           const std::string& source_name,
-                           const Vocabulary& vocabulary = Vocabulary());
+TRAINLOOP_API TensorDataset text_windows(std::string_view text, const TextOptions& options,
+                                         const std::string& source_name,
+                                         const Vocabulary& vocabulary = Vocabulary());
 
 /// The bytes of the files in `paths`, concatenated in the order given.
 /// Throws `Error` naming a file that is missing or unreadable, or when
 /// `paths` is empty.
-std::string read_text(const std::vector<std::string>& paths);
+TRAINLOOP_API std::string read_text(const std::vector<std::string>& paths);
 
 /// A text dataset and the vocabulary its ids belong to.
 struct TextData {
@@ -94,6 +95,7 @@ struct TextData {
 /// Windows over the concatenated bytes of `paths` (windows may span two
 /// files). Errors name the file, or the files, concerned.
 /// Example: `text_dataset({"a.txt", "b.txt"}, TextOptions(128))`
-TextData text_dataset(const std::vector<std::string>& paths, const TextOptions& options);
+TRAINLOOP_API TextData text_dataset(const std::vector<std::string>& paths,
+                                    const TextOptions& options);
 
 }  // namespace trainloop::data

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "trainloop/export.h"
 #include "trainloop/data/batch.h"
 #include "trainloop/data/epochs.h"
 
@@ -19,7 +20,7 @@ namespace detail {
 
 /// The example order and batch boundaries of `TorchDataset`, apart from the
 /// template so that its checks and messages live in the library.
-class ExampleOrder {
+class TRAINLOOP_API ExampleOrder {
  public:
   /// Throws `Error` for a dataset without a size, an empty one, or a batch
   /// size <= 0.
@@ -44,8 +45,9 @@ class ExampleOrder {
 
 /// Stacks per-example tensors into a batch; `Error` naming batch `index`
 /// and the dataset indices of two examples whose shapes differ.
-torch::Tensor stack_examples(const std::vector<torch::Tensor>& parts, const char* field,
-                             int64_t index, const std::vector<size_t>& indices);
+TRAINLOOP_API torch::Tensor stack_examples(const std::vector<torch::Tensor>& parts,
+                                           const char* field, int64_t index,
+                                           const std::vector<size_t>& indices);
 
 template <class T>
 struct IsVector : std::false_type {};

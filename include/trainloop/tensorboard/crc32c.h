@@ -4,13 +4,15 @@
 #include <cstdint>
 #include <string_view>
 
+#include "trainloop/export.h"
+
 namespace trainloop::tensorboard {
 
 /// CRC-32C (Castagnoli: reflected polynomial 0x82F63B78, initial value and
 /// final xor 0xFFFFFFFF) of `size` bytes, continuing from `crc`, the CRC of
 /// the bytes before them (0 for none), so data may be checked in pieces.
 /// Example: `crc32c("123456789", 9) == 0xE3069283`.
-uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
+TRAINLOOP_API uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
 /// CRC-32C of a byte string.
 inline uint32_t crc32c(std::string_view data) { return crc32c(data.data(), data.size()); }

@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "trainloop/export.h"
+
 namespace trainloop::tensorboard {
 
 /// Writes one TensorBoard event file: TFRecord-framed `Event` protocol
@@ -24,7 +26,7 @@ namespace trainloop::tensorboard {
 ///   tensorboard::EventWriter writer("run/tensorboard/train");
 ///   writer.add_scalar("loss", 0.25, /*step=*/100);
 ///   writer.flush();
-class EventWriter {
+class TRAINLOOP_API EventWriter {
  public:
   /// Number of equal-width buckets of a histogram between its least and
   /// greatest value.
