@@ -342,8 +342,8 @@ def histogram_problems(histo):
     if len(limits) != len(counts):
         problems.append("histogram has %d bucket_limit(s) and %d bucket(s)"
                         % (len(limits), len(counts)))
-    if any(b <= a for a, b in zip(limits, limits[1:])):
-        problems.append("histogram bucket_limits do not increase")
+    if any(not b >= a for a, b in zip(limits, limits[1:])):
+        problems.append("histogram bucket_limits go down (or are NaN)")
     if any(not c >= 0 for c in counts):
         problems.append("histogram has a negative or NaN bucket count")
     if sum(counts) != histo.get("num", 0.0):
@@ -599,4 +599,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # stdout closed early (| head): quietly, not clean
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
