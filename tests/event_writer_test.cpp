@@ -55,9 +55,9 @@ void write_file(const fs::path& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// ---- the independent reader: /work/shared/tools/tfevents.py ----
+// ---- the independent reader: tests/python/tfevents.py ----
 
-const std::string kTool = TRAINLOOP_SOURCE_DIR "/../shared/tools/tfevents.py";
+const std::string kTool = TRAINLOOP_SOURCE_DIR "/tests/python/tfevents.py";
 
 struct ToolResult {
   int status = -1;
@@ -228,8 +228,11 @@ std::vector<Field> summary_value(const std::string& record) {
   return parse_message(only(parse_message(summary.bytes), 1).bytes);
 }
 
-#define SKIP_WITHOUT_TOOL() \
-  if (!fs::exists(kTool)) GTEST_SKIP() << kTool << " is missing"
+// A reader that cannot run fails the test: it is never skipped.
+#define REQUIRE_TOOL()                                                                   \
+  ASSERT_TRUE(fs::exists(kTool)) << kTool << " is missing from the source tree";         \
+  ASSERT_TRUE(fs::exists(TRAINLOOP_PYTHON)) << "no Python to run " << kTool << " with (" \
+                                            << TRAINLOOP_PYTHON << "): install python3"
 
 TEST(EventWriterTest, NamesFilesLikeTensorFlowAndKeepsThemApart) {
   TempDir dir;
@@ -269,7 +272,7 @@ TEST(EventWriterTest, StartsWithTheFileVersionRecord) {
 }
 
 TEST(EventWriterTest, TfeventsDecodesEveryValue) {
-  SKIP_WITHOUT_TOOL();
+  REQUIRE_TOOL();
   TempDir dir;
   {
     EventWriter writer(dir.path.string());
@@ -413,7 +416,7 @@ TEST(EventWriterTest, ATruncatedFileKeepsEveryCompleteRecord) {
     for (size_t i = 0; i < complete; ++i) ASSERT_EQ(framing.records[i], whole.records[i]);
   }
 
-  if (!fs::exists(kTool)) GTEST_SKIP() << kTool << " is missing";
+  REQUIRE_TOOL();
   // tfevents.py at a few cuts: at a record boundary the file is clean; inside
   // a record it prints the complete records, then reports the cut tail as an
   // error (exit 1).
@@ -447,6 +450,54 @@ TEST(EventWriterTest, ATruncatedFileKeepsEveryCompleteRecord) {
   }
 }
 
+TEST(EventWriterTest, TfeventsRejectsAFlippedByte) {
+  REQUIRE_TOOL();
+  TempDir dir;
+  std::string path;
+  {
+    EventWriter writer(dir.path.string(), "events.out.tfevents.flip");
+    path = writer.path();
+    for (int step = 1; step <= 3; ++step) writer.add_scalar("loss", 1.0 / step, step);
+  }
+  const std::string bytes = read_file(path);
+  const Framing whole = read_records(bytes);
+  ASSERT_EQ(whole.records.size(), 4u);
+  const size_t third = 16 * 2 + whole.records[0].size() + whole.records[1].size();
+  struct Flip {
+    size_t at;
+    const char* message;
+  };
+  // In the third record (step 2): its length, its length's CRC, its data, its data's CRC.
+  const std::vector<Flip> flips = {{third + 1, "CRC of the length field does not match"},
+                                   {third + 9, "CRC of the length field does not match"},
+                                   {third + 14, "CRC of the data does not match"},
+                                   {third + 12 + whole.records[2].size(), "CRC of the data"}};
+  const fs::path copy = dir.path / "flipped" / "events.out.tfevents.flipped";
+  fs::create_directories(copy.parent_path());
+  for (const Flip& flip : flips) {
+    SCOPED_TRACE(flip.at);
+    std::string damaged = bytes;
+    damaged[flip.at] = static_cast<char>(damaged[flip.at] ^ 0x01);
+    write_file(copy, damaged);
+    const ToolResult result = run_tfevents("--strict --tsv '" + copy.string() + "'");
+    EXPECT_EQ(result.status, 1) << result.errors;
+    EXPECT_THAT(result.errors, HasSubstr(flip.message));
+    // The records before the damage are still read.
+    const std::vector<Row> rows = parse_tsv(result.output);
+    ASSERT_EQ(rows.size(), 1u) << result.output;
+    EXPECT_EQ(rows[0].step, 1);
+  }
+}
+
+// The reader's own check on hand-made records: every flipped bit and every
+// cut inside a record is caught, and cuts at record boundaries are clean.
+TEST(EventWriterTest, TfeventsPassesItsSelftest) {
+  REQUIRE_TOOL();
+  const ToolResult result = run_tfevents("--selftest");
+  EXPECT_EQ(result.status, 0) << result.errors;
+  EXPECT_THAT(result.errors, HasSubstr("selftest: OK"));
+}
+
 TEST(EventWriterTest, ReportsADirectoryThatCannotBeMade) {
   TempDir dir;
   write_file(dir.path / "plain_file", "x");
@@ -465,7 +516,7 @@ TEST(EventWriterTest, ReportsAFileThatCannotBeCreated) {
 }
 
 TEST(EventWriterTest, ReportsAFullDisk) {
-  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  ASSERT_TRUE(fs::exists("/dev/full")) << "/dev/full is missing: the test needs Linux's full device";
   EXPECT_THAT(
       [] {
         EventWriter writer("/dev", "full");

@@ -122,8 +122,10 @@ TEST_F(LrSchedulerTest, WarmupAndDecayThroughTheLoop) {
 // The same BERT-CoLA curve as the CSV log and TensorBoard record it: the row
 // or value of update k (step k + 1) holds the rate that update used.
 TEST_F(LrSchedulerTest, WarmupAndDecayCurveInTheCsvLogAndTensorBoard) {
-  const std::string tools = std::string(TRAINLOOP_SOURCE_DIR) + "/../shared/tools/tfevents.py";
-  if (!std::filesystem::exists(tools)) GTEST_SKIP() << "no " << tools;
+  const std::string tools = std::string(TRAINLOOP_SOURCE_DIR) + "/tests/python/tfevents.py";
+  ASSERT_TRUE(std::filesystem::exists(tools)) << tools << " is missing from the source tree";
+  ASSERT_TRUE(std::filesystem::exists(TRAINLOOP_PYTHON))
+      << "no Python to run " << tools << " with (" << TRAINLOOP_PYTHON << "): install python3";
   const auto dir = std::filesystem::temp_directory_path() /
                    ("trainloop_lr_curve_" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);

@@ -71,7 +71,8 @@ std::string run_python(const std::string& arguments) {
 
 // A model scripted in Python trains from C++, and Python loads the result.
 TEST(ModelTest, TorchScriptModelFromPythonTrainsAndLoadsBack) {
-  if (!fs::exists(TRAINLOOP_PYTHON)) GTEST_SKIP() << "no " << TRAINLOOP_PYTHON;
+  ASSERT_TRUE(fs::exists(TRAINLOOP_PYTHON))
+      << "no Python (" << TRAINLOOP_PYTHON << "): install python3 and python3-torch";
   const fs::path dir = fs::temp_directory_path() / ("trainloop_model_test_" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string scripted = (dir / "scripted.pt").string();

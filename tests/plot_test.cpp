@@ -250,7 +250,7 @@ TEST_F(PlotTest, CommandLineTool) {
   // The tool is built beside the tests: build/tests/plot_test, build/tools/.
   const fs::path tool = fs::read_symlink("/proc/self/exe").parent_path().parent_path() /
                         "tools" / "trainloop-plot";
-  if (!fs::exists(tool)) GTEST_SKIP() << tool << " is not built";
+  ASSERT_TRUE(fs::exists(tool)) << tool << " is missing: build the trainloop-plot target";
   const fs::path log = write("log.csv",
                              "epoch,batch,phase,step,lr,loss\n"
                              "1,1,train,1,0.1,2\n"

@@ -195,7 +195,7 @@ TEST(TorchDatasetTest, FitsLikeEpochs) {
 // Fashion-MNIST test set and compare with trainloop's IDX reader.
 TEST(TorchDatasetTest, TorchMnistMatchesTheIdxReader) {
   const fs::path source = "/usr/share/datasets/fashion-mnist";
-  if (!fs::exists(source)) GTEST_SKIP() << source << " is not installed";
+  ASSERT_TRUE(fs::exists(source)) << source << " is missing: install the dataset-fashion-mnist package";
   const fs::path dir =
       fs::temp_directory_path() /
       ("trainloop_torch_dataset_test_" +

@@ -59,11 +59,12 @@ inline CommandResult run_command(const std::string& command) {
   return result;
 }
 
-/// `shared/tools/tfevents.py --strict --tsv DIR`: one line per summary value
+/// `tests/python/tfevents.py --strict --tsv DIR`: one line per summary value
 /// (run, tag, step, wall time, value), decoded by the independent reader.
+/// Its status is not 0 when the reader or its Python is missing.
 inline CommandResult tfevents_tsv(const std::filesystem::path& directory) {
   return run_command(fmt::format("'{}' '{}' --strict --tsv '{}'", TRAINLOOP_PYTHON,
-                                 TRAINLOOP_SOURCE_DIR "/../shared/tools/tfevents.py",
+                                 TRAINLOOP_SOURCE_DIR "/tests/python/tfevents.py",
                                  directory.string()));
 }
 
