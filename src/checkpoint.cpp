@@ -18,6 +18,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <tuple>
 
 #include "checkpoint_restore.h"
@@ -434,8 +435,11 @@ namespace {
   throw Error(fmt::format("{}: field \"{}\": expected {}", source, field, expected));
 }
 
+// `field` is a view, not a const std::string&: the callers bind the returned
+// reference, and a temporary string argument made g++ 14 warn that it might
+// dangle (-Wdangling-reference).
 const json& member(const json& object, const char* key, const std::string& source,
-                   const std::string& field) {
+                   std::string_view field) {
   const auto found = object.find(key);
   if (found == object.end()) throw Error(fmt::format("{}: field \"{}\" is missing", source, field));
   return *found;
