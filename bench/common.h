@@ -18,6 +18,10 @@
 #include <utility>
 #include <vector>
 
+// The library's own state dict reader and writer (private to it, as the
+// tests use them).
+#include "../src/io/state_dict.h"
+
 namespace trainloop::bench {
 
 /// Seconds on CLOCK_MONOTONIC (libstdc++'s steady_clock), the clock Python's
@@ -76,17 +80,31 @@ inline double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-/// Reads a file written by `torch::pickle_save` or Python's `torch.save`.
+/// Reads a dict of tensors that `save_pickle`, `torch::pickle_save` or
+/// Python's `torch.save` wrote.
 inline c10::IValue load_pickle(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open", path));
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return torch::pickle_load(bytes);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  c10::Dict<std::string, torch::Tensor> dict;
+  try {
+    for (auto& entry : io::read_state_dict(bytes)) {
+      if (!entry.problem.empty()) throw Error(fmt::format("\"{}\" {}", entry.name, entry.problem));
+      dict.insert(entry.name, entry.tensor);
+    }
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", path, e.what()));
+  }
+  return dict;
 }
 
-/// Writes `value` so that Python's `torch.load(path)` reads it.
-inline void save_pickle(const c10::IValue& value, const std::string& path) {
-  const std::vector<char> bytes = torch::pickle_save(value);
+/// Writes `dict` as Python's `torch.save` does, so that `torch.load(path)`
+/// reads it with its defaults (weights_only=True from PyTorch 2.6), which
+/// refuse what `torch::pickle_save` writes.
+inline void save_pickle(const c10::Dict<std::string, torch::Tensor>& dict, const std::string& path) {
+  std::vector<std::pair<std::string, torch::Tensor>> entries;
+  for (const auto& entry : dict) entries.emplace_back(entry.key(), entry.value());
+  const std::string bytes = io::state_dict_bytes(entries);
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out.flush()) throw Error(fmt::format("{}: cannot write", path));

@@ -89,13 +89,15 @@ std::vector<std::pair<std::string, torch::Tensor>> state_entries(const Model& mo
   return entries;
 }
 
-std::string weights_bytes(const Model& model) {
-  c10::Dict<std::string, at::Tensor> dict;
-  for (const auto& [name, tensor] : state_entries(model)) {
-    dict.insert(name, tensor.detach().to(torch::kCPU).contiguous());
+// As Python's torch.save(model.state_dict()) writes it, so that torch.load's
+// defaults read it (see io::state_dict_bytes). `target` names the file in
+// an error.
+std::string weights_bytes(const Model& model, const std::string& target) {
+  try {
+    return io::state_dict_bytes(state_entries(model));
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: cannot write the weights: {}", target, e.what()));
   }
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
-  return std::string(bytes.begin(), bytes.end());
 }
 
 // Copies a state dict into the model in place (an optimizer built on the
@@ -319,7 +321,7 @@ namespace {
 void write_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
                       const CheckpointNote& note, const std::vector<std::string>& other_ranks) {
   std::map<std::string, std::string> files;
-  files[kModelFile] = weights_bytes(loop.model());
+  files[kModelFile] = weights_bytes(loop.model(), (fs::path(path) / kModelFile).string());
   {
     torch::serialize::OutputArchive optimizer;
     loop.optimizer().save(optimizer);
@@ -403,7 +405,7 @@ CheckpointInfo verify_checkpoint(const std::string& path) {
 }
 
 void save_weights(const Model& model, const std::string& path) {
-  io::write_atomically(path, weights_bytes(model), /*durable=*/true);
+  io::write_atomically(path, weights_bytes(model, path), /*durable=*/true);
 }
 
 void load_weights(Model& model, const std::string& path) {
@@ -438,8 +440,9 @@ namespace {
   throw Error(fmt::format("{}: field \"{}\": expected {}", source, field, expected));
 }
 
-// `field` by value: a reference parameter bound to a temporary string makes
-// g++ 14 warn that the returned reference may dangle.
+// `field` is a view, not a const std::string&: the callers bind the returned
+// reference, and a temporary string argument made g++ 14 warn that it might
+// dangle (-Wdangling-reference).
 const json& member(const json& object, const char* key, const std::string& source,
                    std::string_view field) {
   const auto found = object.find(key);

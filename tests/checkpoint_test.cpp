@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../examples/lenet.h"
+#include "../src/io/state_dict.h"
 #include "support/test_support.h"
 #include "trainloop/callbacks/checkpoint.h"
 #include "trainloop/callbacks/csv_logger.h"
@@ -470,6 +471,11 @@ TEST_F(CheckpointTest, WeightsThatAreNotDenseTensorsAreNamed) {
   save(torch::ones({2, 4}, torch::kFloat64), torch::zeros({2}));  // other dtypes convert, as copy_ does
   load_weights(handle, path);
   EXPECT_TRUE(torch::equal(linear->weight, torch::ones({2, 4})));
+  // Nor are such tensors saved: torch.save has no storage to write them as.
+  linear->register_buffer("scales", torch::quantize_per_tensor(torch::ones({2}), 0.1, 0, torch::kQInt8));
+  EXPECT_THAT([&] { save_weights(handle, path); },
+              ThrowsMessage<Error>(HasSubstr(path + ": cannot write the weights: \"scales\" is a "
+                                                    "quantized tensor")));
 }
 
 // LibTorch rebuilds a tensor with the offset and strides its file names;
@@ -520,6 +526,39 @@ TEST_F(CheckpointTest, PythonsModuleStateDictLoads) {
   }
 }
 
+// What save_weights writes is what torch.save(model.state_dict()) writes:
+// Python's torch.load, with its defaults (weights_only=True from PyTorch
+// 2.6), returns an OrderedDict that load_state_dict(strict=True) takes,
+// batch norm's int64 num_batches_tracked included.
+TEST_F(CheckpointTest, PythonTorchLoadsSavedWeightsWithItsDefaultsStrictly) {
+  torch::manual_seed(11);
+  torch::nn::Sequential net(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4),
+                            torch::nn::ReLU(), torch::nn::Linear(4, 2));
+  net->forward(torch::randn({8, 3}));  // moves the batch-norm statistics off their defaults
+  Model handle(net);
+  const std::string path = (scratch.path / "net.pt").string();
+  save_weights(handle, path);
+  nlohmann::json expected = {{"names", nlohmann::json::array()},
+                             {"entries", nlohmann::json::object()}};
+  std::vector<std::pair<std::string, torch::Tensor>> state = handle.named_parameters();
+  for (auto& buffer : handle.named_buffers()) state.push_back(buffer);
+  for (const auto& [name, tensor] : state) {
+    const torch::Tensor values = tensor.detach().to(torch::kDouble).flatten().contiguous();
+    expected["names"].push_back(name);
+    expected["entries"][name] = {
+        {"shape", tensor.sizes().vec()},
+        {"dtype", tensor.scalar_type() == torch::kLong ? "int64" : "float32"},
+        {"values", std::vector<double>(values.data_ptr<double>(),
+                                       values.data_ptr<double>() + values.numel())}};
+  }
+  std::ofstream(scratch.path / "net.json") << expected.dump();
+  const auto result = testing_support::run_command(fmt::format(
+      "'{}' '{}/tests/python/check_saved_state_dict.py' '{}' '{}' sequential 2>&1",
+      TRAINLOOP_PYTHON, TRAINLOOP_SOURCE_DIR, path, (scratch.path / "net.json").string()));
+  EXPECT_EQ(result.status, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("9 tensors loaded, 0 problems"));
+}
+
 // Python's torch loads the weights into the same architecture and gets the
 // C++ outputs.
 TEST_F(CheckpointTest, PythonTorchLoadsTheWeightsAndComputesTheSameOutputs) {
@@ -529,11 +568,10 @@ TEST_F(CheckpointTest, PythonTorchLoadsTheWeightsAndComputesTheSameOutputs) {
   const torch::Tensor inputs = torch::rand({4, 1, 28, 28});
   const torch::Tensor outputs = model->forward(inputs);
   save_weights(model, (scratch.path / "lenet.pt").string());
-  c10::Dict<std::string, at::Tensor> io;
-  io.insert("inputs", inputs);
-  io.insert("outputs", outputs.detach());
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(io));
-  std::ofstream(scratch.path / "io.pt", std::ios::binary).write(bytes.data(), bytes.size());
+  // As torch.save writes it, for torch.load's defaults (weights_only=True).
+  const std::string bytes = io::state_dict_bytes({{"inputs", inputs}, {"outputs", outputs}});
+  std::ofstream(scratch.path / "io.pt", std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   const auto result = testing_support::run_command(
       fmt::format("'{}' '{}/tests/python/load_lenet_weights.py' '{}' '{}' 2>&1", TRAINLOOP_PYTHON,
                   TRAINLOOP_SOURCE_DIR, (scratch.path / "lenet.pt").string(),

@@ -3,12 +3,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "../src/io/pickle_check.h"
+#include "../src/io/zip_check.h"
 #include "support/test_support.h"
 #include "trainloop/error.h"
 
@@ -31,7 +35,8 @@ std::string python_dtype(torch::ScalarType type) {
       {torch::kFloat, "float32"}, {torch::kDouble, "float64"}, {torch::kHalf, "float16"},
       {torch::kBFloat16, "bfloat16"}, {torch::kLong, "int64"}, {torch::kInt, "int32"},
       {torch::kShort, "int16"}, {torch::kChar, "int8"}, {torch::kByte, "uint8"},
-      {torch::kBool, "bool"}};
+      {torch::kBool, "bool"}, {torch::kComplexFloat, "complex64"},
+      {torch::kComplexDouble, "complex128"}};
   const auto found = names.find(type);
   return found == names.end() ? c10::toString(type) : found->second;
 }
@@ -122,6 +127,128 @@ TEST(StateDictTest, QuantizedAndSparseTensorsAreNamedNotRead) {
   const auto entries = by_name(read_state_dict(pickled(dict)));
   EXPECT_EQ(entries.at("quantized").problem, "is a quantized QInt8 tensor, expected a dense one");
   EXPECT_EQ(entries.at("sparse").problem, "is a sparse tensor, expected a dense one");
+}
+
+// Every kind of tensor a state dict holds, for state_dict_bytes: each dtype
+// with a storage class, a 0-dim one, an empty one, views (a transpose, a
+// slice off a larger storage, two views of one storage), a parameter that
+// requires grad, and shapes and strides past one and two bytes.
+std::vector<std::pair<std::string, torch::Tensor>> every_kind_of_tensor() {
+  torch::manual_seed(3);
+  const torch::Tensor base = torch::arange(40, torch::kFloat);
+  return {
+      {"float", torch::randn({3, 2})},
+      {"double", torch::randn({4}, torch::kDouble)},
+      {"half", torch::randn({2, 2}).to(torch::kHalf)},
+      {"bfloat16", torch::randn({3}).to(torch::kBFloat16)},
+      {"int64", torch::tensor(std::vector<int64_t>{-7, 0, int64_t{1} << 40})},
+      {"num_batches_tracked", torch::tensor(int64_t{12})},
+      {"int32", torch::tensor(std::vector<int32_t>{-3, 1 << 30})},
+      {"int16", torch::tensor(std::vector<int16_t>{-300, 7})},
+      {"int8", torch::tensor(std::vector<int8_t>{-128, 127})},
+      {"uint8", torch::tensor(std::vector<uint8_t>{0, 255})},
+      {"bool", torch::tensor({true, false, true})},
+      {"complex64", torch::randn({2}, torch::kComplexFloat)},
+      {"complex128", torch::randn({2}, torch::kComplexDouble)},
+      {"scalar", torch::tensor(2.5)},
+      {"empty", torch::zeros({0, 4})},
+      {"transposed", torch::randn({3, 5}).t()},
+      {"slice", base.slice(0, 10, 16).view({2, 3})},
+      {"same_storage", base.slice(0, 12, 20)},
+      {"expanded", torch::randn({3, 1}).expand({3, 4})},
+      {"parameter", torch::randn({2, 3}).requires_grad_()},
+      {"wide", torch::ones({300})},
+      {"long_rows", torch::zeros({2, 70000}, torch::kUInt8)},
+      {"four_dims", torch::randn({2, 1, 3, 2})},
+  };
+}
+
+TEST(StateDictTest, WhatStateDictBytesWritesReadsBack) {
+  const auto tensors = every_kind_of_tensor();
+  const std::vector<StateEntry> entries = read_state_dict(state_dict_bytes(tensors));
+  ASSERT_EQ(entries.size(), tensors.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const auto& [name, expected] = tensors[i];
+    SCOPED_TRACE(name);
+    EXPECT_EQ(entries[i].name, name);  // in the order given
+    ASSERT_EQ(entries[i].problem, "");
+    EXPECT_EQ(entries[i].tensor.scalar_type(), expected.scalar_type());
+    EXPECT_EQ(entries[i].tensor.sizes(), expected.sizes());
+    EXPECT_TRUE(torch::equal(entries[i].tensor, expected.detach()));
+    EXPECT_FALSE(entries[i].tensor.requires_grad());
+  }
+  EXPECT_EQ(read_state_dict(state_dict_bytes({})).size(), 0u);
+}
+
+// The layout of Python's torch.save: archive/data.pkl, a byteorder record,
+// one record per storage holding exactly its tensor's bytes, and a pickle
+// that calls nothing but what torch.load's weights_only allows.
+TEST(StateDictTest, StateDictBytesHasTorchSavesLayout) {
+  const torch::Tensor base = torch::arange(20, torch::kFloat);
+  const std::string bytes = state_dict_bytes({{"weight", base.slice(0, 4, 10).view({2, 3})},
+                                              {"steps", torch::tensor(int64_t{3})},
+                                              {"none", torch::zeros({0})}});
+  std::vector<ZipEntry> records;
+  ASSERT_EQ(zip_archive_fault(bytes, &records), "");
+  std::map<std::string, ZipEntry> by_record;
+  for (const auto& record : records) by_record[record.name] = record;
+  ASSERT_EQ(by_record.count("archive/data.pkl"), 1u);
+  ASSERT_EQ(by_record.count("archive/byteorder"), 1u);
+  EXPECT_EQ(by_record.at("archive/byteorder").data, "little");
+  EXPECT_EQ(by_record.at("archive/data/0").data.size(), 6 * sizeof(float));
+  EXPECT_EQ(by_record.at("archive/data/1").data.size(), sizeof(int64_t));
+  EXPECT_EQ(by_record.at("archive/data/2").data.size(), 0u);
+  EXPECT_EQ(by_record.count("archive/version"), 1u);
+  std::set<std::string> globals;
+  const std::string fault = walk_pickle(by_record.at("archive/data.pkl").data, [&](const PickleOp& op) {
+    if (op.opcode == 'c') globals.insert(fmt::format("{}.{}", op.bytes, op.second));
+    return std::string();
+  });
+  EXPECT_EQ(fault, "");
+  EXPECT_EQ(globals, (std::set<std::string>{"collections.OrderedDict",
+                                            "torch._utils._rebuild_tensor_v2",
+                                            "torch.FloatStorage", "torch.LongStorage"}));
+}
+
+TEST(StateDictTest, StateDictBytesRefusesWhatTorchSaveCannotWriteAsAStorage) {
+  EXPECT_THAT(
+      [] {
+        state_dict_bytes({{"q", torch::quantize_per_tensor(torch::randn({2}), 0.1, 0, torch::kQInt8)}});
+      },
+      ThrowsMessage<Error>(HasSubstr("\"q\" is a quantized tensor")));
+  EXPECT_THAT([] { state_dict_bytes({{"s", torch::zeros({2}).to_sparse()}}); },
+              ThrowsMessage<Error>(HasSubstr("\"s\" is a sparse or other non-strided tensor")));
+  EXPECT_THAT([] { state_dict_bytes({{"u", torch::Tensor()}}); },
+              ThrowsMessage<Error>(HasSubstr("\"u\" is an undefined tensor")));
+}
+
+// Python's torch.load, with its defaults (weights_only=True from PyTorch
+// 2.6), reads what state_dict_bytes writes as the OrderedDict it was.
+TEST(StateDictTest, PythonsTorchLoadReadsWhatStateDictBytesWrites) {
+  const testing_support::TempDir scratch;
+  const auto tensors = every_kind_of_tensor();
+  json expected = {{"names", json::array()}, {"entries", json::object()}};
+  for (const auto& [name, tensor] : tensors) {
+    expected["names"].push_back(name);
+    torch::Tensor values = tensor.detach();
+    if (values.is_complex()) values = torch::view_as_real(values);
+    values = values.to(torch::kDouble).flatten().contiguous();
+    expected["entries"][name] = {
+        {"shape", tensor.sizes().vec()},
+        {"dtype", python_dtype(tensor.scalar_type())},
+        {"values", std::vector<double>(values.data_ptr<double>(),
+                                       values.data_ptr<double>() + values.numel())}};
+  }
+  const std::string bytes = state_dict_bytes(tensors);
+  std::ofstream(scratch.path / "state.pt", std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(scratch.path / "state.json") << expected.dump();
+  const auto result = testing_support::run_command(fmt::format(
+      "'{}' '{}/tests/python/check_saved_state_dict.py' '{}' '{}' 2>&1", TRAINLOOP_PYTHON,
+      TRAINLOOP_SOURCE_DIR, (scratch.path / "state.pt").string(),
+      (scratch.path / "state.json").string()));
+  EXPECT_EQ(result.status, 0) << result.output;
+  EXPECT_THAT(result.output, HasSubstr("tensors loaded, 0 problems"));
 }
 
 TEST(StateDictTest, ArchivesThatAreNoStateDict) {
