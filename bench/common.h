@@ -18,9 +18,6 @@
 #include <utility>
 #include <vector>
 
-// The library's own state dict reader and writer (private to it, as the
-// tests use them).
-#include "../src/io/state_dict.h"
 
 namespace trainloop::bench {
 
@@ -80,21 +77,10 @@ inline double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-/// Reads a dict of tensors that `save_pickle`, `torch::pickle_save` or
-/// Python's `torch.save` wrote.
+/// Reads a dict of tensors that `save_pickle` or Python's `torch.save` wrote.
 inline c10::IValue load_pickle(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open", path));
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   c10::Dict<std::string, torch::Tensor> dict;
-  try {
-    for (auto& entry : io::read_state_dict(bytes)) {
-      if (!entry.problem.empty()) throw Error(fmt::format("\"{}\" {}", entry.name, entry.problem));
-      dict.insert(entry.name, entry.tensor);
-    }
-  } catch (const Error& e) {
-    throw Error(fmt::format("{}: {}", path, e.what()));
-  }
+  for (auto& [name, tensor] : load_tensors(path)) dict.insert(name, tensor);
   return dict;
 }
 
@@ -104,10 +90,7 @@ inline c10::IValue load_pickle(const std::string& path) {
 inline void save_pickle(const c10::Dict<std::string, torch::Tensor>& dict, const std::string& path) {
   std::vector<std::pair<std::string, torch::Tensor>> entries;
   for (const auto& entry : dict) entries.emplace_back(entry.key(), entry.value());
-  const std::string bytes = io::state_dict_bytes(entries);
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (!out.flush()) throw Error(fmt::format("{}: cannot write", path));
+  save_tensors(entries, path);
 }
 
 /// A dict of tensors by name, as Python sees a state dict.

@@ -412,6 +412,31 @@ void load_weights(Model& model, const std::string& path) {
   apply_weights(model, io::read_file(path, kMaxFileBytes), path);
 }
 
+void save_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                  const std::string& path) {
+  std::string bytes;
+  try {
+    bytes = io::state_dict_bytes(tensors);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: cannot write the tensors: {}", path, e.what()));
+  }
+  io::write_atomically(path, bytes, /*durable=*/true);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> load_tensors(const std::string& path) {
+  const std::string bytes = io::read_file(path, kMaxFileBytes);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  try {
+    for (auto& entry : io::read_state_dict(bytes)) {
+      if (!entry.problem.empty()) throw Error(fmt::format("\"{}\" {}", entry.name, entry.problem));
+      tensors.emplace_back(std::move(entry.name), std::move(entry.tensor));
+    }
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: not a dict of tensors that torch can read: {}", path, e.what()));
+  }
+  return tensors;
+}
+
 namespace detail {
 
 void check_checkpointable(const TrainingLoop& loop, bool inside_epochs) {

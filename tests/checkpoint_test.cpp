@@ -442,6 +442,29 @@ TEST_F(CheckpointTest, WeightsRoundTripAndMismatchesAreNamed) {
               ThrowsMessage<Error>(HasSubstr("junk.pt: not a state dict that torch can read")));
 }
 
+TEST_F(CheckpointTest, TensorsRoundTripInOrderAndBadFilesAreNamed) {
+  const std::string path = (scratch.path / "tensors.pt").string();
+  const std::vector<std::pair<std::string, torch::Tensor>> tensors{
+      {"z_inputs", torch::randn({5, 3}).t()},  // not contiguous
+      {"a_labels", torch::arange(5)},
+      {"mask", torch::tensor({true, false, true})}};
+  save_tensors(tensors, path);
+  const auto loaded = load_tensors(path);
+  ASSERT_EQ(loaded.size(), tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_EQ(loaded[i].first, tensors[i].first);
+    EXPECT_EQ(loaded[i].second.scalar_type(), tensors[i].second.scalar_type());
+    EXPECT_TRUE(torch::equal(loaded[i].second, tensors[i].second)) << tensors[i].first;
+  }
+  std::ofstream(scratch.path / "junk.pt") << "junk";
+  EXPECT_THAT([&] { load_tensors((scratch.path / "junk.pt").string()); },
+              ThrowsMessage<Error>(HasSubstr("junk.pt: not a dict of tensors that torch can read")));
+  const std::string sparse_path = (scratch.path / "sparse.pt").string();
+  EXPECT_THAT([&] { save_tensors({{"s", torch::eye(2).to_sparse()}}, sparse_path); },
+              ThrowsMessage<Error>(HasSubstr(sparse_path + ": cannot write the tensors")));
+  EXPECT_FALSE(fs::exists(sparse_path));
+}
+
 // A dict of the right names and shapes whose tensors cannot become the
 // model's (fuzz/weights_fuzzer found the quantized one escaping as a
 // c10::Error) is an Error, and the model keeps its weights.
