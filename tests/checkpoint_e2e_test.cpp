@@ -78,6 +78,11 @@ class CheckpointE2eTest : public ::testing::Test {
     reference_log_ = read_text(out / "log.csv");
     reference_tensorboard_ = tensorboard_records(out);
   }
+  // gtest reports the tests of a suite whose SetUpTestSuite failed as
+  // skipped: fail each instead.
+  void SetUp() override {
+    ASSERT_FALSE(reference_weights_.empty()) << "the uninterrupted reference run failed (see above)";
+  }
   static void TearDownTestSuite() {
     delete reference_;
     reference_ = nullptr;
