@@ -6,8 +6,10 @@
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "flush_timer.h"
 #include "monitor.h"
@@ -92,7 +94,15 @@ class TensorBoard : public Callback {
     archive.write("last_logged_step", torch::tensor(last_logged_step_));
     for (const auto& [key, writer] : {std::pair{"train", train_.get()},
                                       std::pair{"validation", validation_.get()}}) {
-      if (writer == nullptr) continue;
+      if (writer == nullptr) {
+        if (run_dir_.empty()) continue;
+        // Not opened yet (the validation run opens at the first
+        // validation): the event files there now, which a resume keeps.
+        c10::List<std::string> files;
+        for (const auto& name : event_files(std::filesystem::path(run_dir_) / key)) files.push_back(name);
+        archive.write(std::string(key) + "_files", c10::IValue(files));
+        continue;
+      }
       archive.write(std::string(key) + "_path", c10::IValue(writer->path()));
       archive.write(std::string(key) + "_length", torch::tensor(writer->flushed_length()));
     }
@@ -111,13 +121,49 @@ class TensorBoard : public Callback {
     for (auto* writer : {&train_, &validation_}) {
       const std::string key = writer == &train_ ? "train" : "validation";
       c10::IValue path;
-      if (!archive.try_read(key + "_path", path) || !path.isString()) continue;
+      if (!archive.try_read(key + "_path", path) || !path.isString()) {
+        remove_files_written_after(archive, key);
+        continue;
+      }
       const auto length = detail::read_scalar("tensorboard", archive, (key + "_length").c_str());
       *writer = EventWriter::resume(path.toStringRef(), length.item<int64_t>());
     }
   }
 
  private:
+  // The event files in `directory`, by name.
+  static std::vector<std::string> event_files(const std::filesystem::path& directory) {
+    std::vector<std::string> names;
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
+      const std::string name = entry.path().filename().string();
+      if (name.find("tfevents") != std::string::npos) names.push_back(name);
+    }
+    return names;
+  }
+
+  // A run whose `key` writer was not open at the checkpoint: the event files
+  // that came after it (a process killed after its first validation) hold
+  // records the resumed fit writes again, so they go.
+  void remove_files_written_after(torch::serialize::InputArchive& archive, const std::string& key) {
+    c10::IValue kept;
+    if (!archive.try_read(key + "_files", kept) || !kept.isList()) return;  // an older checkpoint
+    std::set<std::string> before;
+    for (const auto& name : kept.toListRef()) {
+      if (name.isString()) before.insert(name.toStringRef());
+    }
+    const std::filesystem::path directory = std::filesystem::path(run_dir_) / key;
+    for (const auto& name : event_files(directory)) {
+      if (before.count(name) != 0) continue;
+      std::error_code error;
+      std::filesystem::remove(directory / name, error);
+      if (error) {
+        throw Error(fmt::format("tensorboard: cannot remove {}, written after the checkpoint: {}",
+                                (directory / name).string(), error.message()));
+      }
+    }
+  }
+
   void start(const LoopState& state) {
     finish();  // a previous fit that never reached fit_end
     std::string run = options_.run_name();
