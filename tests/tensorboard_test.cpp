@@ -326,6 +326,39 @@ TEST_F(TensorBoardTest, AFailedFitKeepsWhatWasLogged) {
   EXPECT_EQ(decoded.values.count({"validation", "loss", 3}), 1u);
 }
 
+// A checkpoint taken before the first validation knows no validation file:
+// one written after it (by a process then killed) holds records the resumed
+// fit writes again, so restoring that checkpoint removes it.
+TEST_F(TensorBoardTest, RestoringACheckpointFromBeforeTheFirstValidationRemovesItsFile) {
+  auto tensorboard = callbacks::tensorboard(options().run_name("resumed").log_every_n_steps(1));
+  std::string saved;
+  auto checkpoint_then_stop = callbacks::lambda([&](Event event, TrainingLoop& loop) {
+    const LoopState& state = loop.state();
+    if (event != Event::batch_end || state.phase != Phase::training) return;
+    if (state.epoch == 0 && state.batch == 1) {
+      torch::serialize::OutputArchive archive;
+      tensorboard->save(archive);
+      std::ostringstream out;
+      archive.save_to(out);
+      saved = out.str();
+    }
+    if (state.epoch == 1 && state.batch == 0) throw CancelFit();  // after epoch 0's validation
+  });
+  auto loop = make_loop({tensorboard, checkpoint_then_stop});
+  EXPECT_EQ(loop.fit(model, 2), FitStatus::cancelled);
+  ASSERT_FALSE(saved.empty());
+  const fs::path validation = log_dir / "resumed" / "validation";
+  ASSERT_EQ(std::distance(fs::directory_iterator(validation), fs::directory_iterator()), 1);
+
+  auto restored = callbacks::tensorboard(options().run_name("resumed").log_every_n_steps(1));
+  torch::serialize::InputArchive archive;
+  std::istringstream in(saved);
+  archive.load_from(in);
+  restored->load(archive);
+  EXPECT_EQ(std::distance(fs::directory_iterator(validation), fs::directory_iterator()), 0);
+  EXPECT_EQ(std::distance(fs::directory_iterator(log_dir / "resumed" / "train"), fs::directory_iterator()), 1);
+}
+
 TEST_F(TensorBoardTest, ReportsALogDirThatCannotBeMade) {
   std::ofstream(dir.path / "plain_file") << "x";
   auto loop = make_loop({callbacks::tensorboard(
