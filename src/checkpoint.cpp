@@ -89,15 +89,20 @@ std::vector<std::pair<std::string, torch::Tensor>> state_entries(const Model& mo
   return entries;
 }
 
-// As Python's torch.save(model.state_dict()) writes it, so that torch.load's
-// defaults read it (see io::state_dict_bytes). `target` names the file in
-// an error.
-std::string weights_bytes(const Model& model, const std::string& target) {
+// Named tensors as Python's torch.save(dict) writes them, so that
+// torch.load's defaults read them (see io::state_dict_bytes). `target` names
+// the file and `what` the tensors in an error.
+std::string tensor_file_bytes(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                              const std::string& target, const char* what) {
   try {
-    return io::state_dict_bytes(state_entries(model));
+    return io::state_dict_bytes(tensors);
   } catch (const Error& e) {
-    throw Error(fmt::format("{}: cannot write the weights: {}", target, e.what()));
+    throw Error(fmt::format("{}: cannot write the {}: {}", target, what, e.what()));
   }
+}
+
+std::string weights_bytes(const Model& model, const std::string& target) {
+  return tensor_file_bytes(state_entries(model), target, "weights");
 }
 
 // Copies a state dict into the model in place (an optimizer built on the
@@ -414,13 +419,7 @@ void load_weights(Model& model, const std::string& path) {
 
 void save_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                   const std::string& path) {
-  std::string bytes;
-  try {
-    bytes = io::state_dict_bytes(tensors);
-  } catch (const Error& e) {
-    throw Error(fmt::format("{}: cannot write the tensors: {}", path, e.what()));
-  }
-  io::write_atomically(path, bytes, /*durable=*/true);
+  io::write_atomically(path, tensor_file_bytes(tensors, path, "tensors"), /*durable=*/true);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> load_tensors(const std::string& path) {
