@@ -145,6 +145,10 @@ int main(int argc, char** argv) {
     torch::optim::SGD optimizer(model->parameters(),
                                 torch::optim::SGDOptions(flags.lr).momentum(flags.momentum));
     const fs::path out(flags.out);
+    // Everything below writes under --out: a second run there fails now,
+    // before it removes or rewrites anything of this one's.
+    std::optional<tl::OutputLock> out_lock;
+    if (rank_zero) out_lock.emplace(flags.out, tl::OutputKind::directory);
     const fs::path checkpoints = out / "checkpoints";
     const bool resuming = flags.resume && !tl::checkpoint_names(checkpoints.string()).empty();
     // A fresh run starts a fresh log, and leaves no older checkpoint for a

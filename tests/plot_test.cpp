@@ -159,7 +159,8 @@ TEST_F(PlotTest, WithoutValidationOnlyTrainingLines) {
 }
 
 TEST_F(PlotTest, UnwritableDirectoryFailsAtFitStartNamingThePath) {
-  const std::string path = (directory / "missing" / "curves.svg").string();
+  std::ofstream(directory / "file") << "not a directory";
+  const std::string path = (directory / "file" / "curves.svg").string();
   int batches = 0;
   auto count = callbacks::lambda([&](Event event, TrainingLoop&) { batches += event == Event::batch_end; });
   TrainingLoop loop = make_loop({plot(PlotOptions(path)), count});

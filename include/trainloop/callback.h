@@ -3,9 +3,11 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "trainloop/export.h"
 #include "trainloop/event.h"
+#include "trainloop/output_lock.h"
 
 namespace torch::serialize {
 class InputArchive;
@@ -56,6 +58,12 @@ class TRAINLOOP_API Callback {
   /// one copy of each is written; on the other ranks they see no event and
   /// load no checkpoint state.
   virtual bool rank_zero_only() const { return false; }
+  /// The files and directories this callback writes. `fit` holds an
+  /// `OutputLock` on each for the whole fit (in a data-parallel fit, rank 0
+  /// does), so a second process writing one of them fails at once, naming
+  /// it; two callbacks of one fit writing the same output fail at fit_start.
+  /// Default: none.
+  virtual std::vector<OutputPath> outputs() const { return {}; }
 };
 
 /// A callback made of one function, for one-off customization.

@@ -32,6 +32,7 @@
 #include "trainloop/losses.h"
 #include "trainloop/lr_finder.h"
 #include "trainloop/metrics.h"
+#include "trainloop/output_lock.h"
 #include "trainloop/model.h"
 #include "trainloop/reduce_op.h"
 #include "trainloop/schedule.h"

@@ -1,8 +1,12 @@
 #include "trainloop/callbacks/checkpoint.h"
 
 #include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <filesystem>
+#include <iostream>
 #include <set>
 #include <utility>
 
@@ -22,6 +26,20 @@ constexpr const char* kKey = "checkpoint";
 
 bool improved(Mode mode, double value, double best) {
   return mode == Mode::min ? value < best : value > best;
+}
+
+// Whether `name` is a ".tmp-…-<pid>" or ".old-…-<pid>" directory (see
+// save_checkpoint) of this process or of a process that no longer exists.
+bool abandoned_temporary(const std::string& name) {
+  if (name.rfind(".tmp-", 0) != 0 && name.rfind(".old-", 0) != 0) return false;
+  const size_t dash = name.rfind('-');
+  const std::string digits = name.substr(dash + 1);
+  if (digits.empty() || digits.size() > 9 ||
+      digits.find_first_not_of("0123456789") != std::string::npos) {
+    return false;
+  }
+  const pid_t pid = static_cast<pid_t>(std::stol(digits));
+  return pid == ::getpid() || (::kill(pid, 0) != 0 && errno == ESRCH);
 }
 
 }  // namespace
@@ -91,13 +109,15 @@ void CheckpointCallback::start(TrainingLoop& loop) {
   const LoopState& state = loop.state();
   // In a data-parallel fit rank 0 alone writes into the directory.
   if (state.rank == 0) prepare_directory();
-  if (!options_.monitor().empty()) detail::check_monitor(kKey, state, options_.monitor());
+  if (!options_.monitor().empty()) detail::check_monitor(kKey, loop, options_.monitor());
   const bool inside_epochs = options_.every_n_steps() > 0 || options_.every_n_minutes() > 0 ||
                              options_.on_interrupt();
   trainloop::detail::check_checkpointable(loop, inside_epochs);
   // A resumed fit gets these back from load(), which runs after fit_start.
   best_value_ = detail::worst_value(options_.mode());
   best_path_.clear();
+  verified_.clear();
+  reported_invalid_ = 0;
   last_step_seen_ = state.global_step;
   last_time_ = std::chrono::steady_clock::now();
 }
@@ -117,10 +137,11 @@ void CheckpointCallback::prepare_directory() {
     throw Error(fmt::format("{}: cannot write checkpoints here: {}", directory_, e.what()));
   }
   fs::remove(probe, error);
-  // What a run killed while writing left behind.
+  // What a run killed while writing left behind: only directories of this
+  // process or of one that no longer runs, never one being written.
   for (const auto& entry : fs::directory_iterator(directory_, error)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) fs::remove_all(entry.path(), error);
+    if (abandoned_temporary(name)) fs::remove_all(entry.path(), error);
   }
 }
 
@@ -138,19 +159,55 @@ void CheckpointCallback::write(TrainingLoop& loop, ResumePoint resume, bool best
   last_time_ = std::chrono::steady_clock::now();
   last_write_seconds_ = std::chrono::duration<double>(last_time_ - started).count();
   last_path_ = path;
+  verified_[fs::path(path).filename().string()] = "";
   ++write_count_;
   if (loop.state().rank == 0) prune();
 }
 
 void CheckpointCallback::prune() {
   if (options_.keep_last() == 0) return;
-  const std::vector<std::string> names = checkpoint_names(directory_);
+  // Only checkpoints that verify count toward keep_last: a corrupt or empty
+  // directory named newer than the fit must not push out the checkpoint just
+  // written. Each is verified once; those of this fit are valid as written.
+  std::vector<std::string> valid;
+  int64_t invalid = 0;
+  std::string first_problem;
+  for (const std::string& name : checkpoint_names(directory_)) {
+    auto known = verified_.find(name);
+    if (known == verified_.end()) {
+      std::string problem;
+      try {
+        verify_checkpoint((fs::path(directory_) / name).string());
+      } catch (const Error& e) {
+        problem = e.what();
+      }
+      known = verified_.emplace(name, problem).first;
+    }
+    if (known->second.empty()) {
+      valid.push_back(name);
+    } else {
+      if (first_problem.empty()) first_problem = known->second;
+      ++invalid;
+    }
+  }
+  if (invalid > reported_invalid_) {
+    std::cerr << fmt::format(
+        "trainloop: {}: {} director{} named like checkpoints {} not valid; left alone and not "
+        "counted among the {} kept (the first: {})\n",
+        directory_, invalid, invalid == 1 ? "y" : "ies", invalid == 1 ? "is" : "are",
+        options_.keep_last(), first_problem);
+    reported_invalid_ = invalid;
+  }
   const std::string best = best_path_.empty() ? "" : fs::path(best_path_).filename().string();
-  const auto keep_from = static_cast<int64_t>(names.size()) - options_.keep_last();
+  const std::string newest = fs::path(last_path_).filename().string();
+  const auto keep_from = static_cast<int64_t>(valid.size()) - options_.keep_last();
   for (int64_t i = 0; i < keep_from; ++i) {
-    if (names[i] == best) continue;
+    // A checkpoint of another fit named later than this one's newest must not
+    // make it go.
+    if (valid[i] == best || valid[i] == newest) continue;
     std::error_code error;
-    fs::remove_all(fs::path(directory_) / names[i], error);
+    fs::remove_all(fs::path(directory_) / valid[i], error);
+    verified_.erase(valid[i]);
   }
 }
 

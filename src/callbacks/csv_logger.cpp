@@ -92,6 +92,7 @@ class CsvLogger : public Callback {
 
   std::string state_key() const override { return "csv_logger"; }
   bool rank_zero_only() const override { return true; }
+  std::vector<OutputPath> outputs() const override { return {{options_.path(), OutputKind::file}}; }
 
   void on_event(Event event, TrainingLoop& loop) override {
     if (event == Event::fit_start) {

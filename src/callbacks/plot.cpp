@@ -127,6 +127,7 @@ class Plot : public Callback {
 
   std::string state_key() const override { return "plot"; }
   bool rank_zero_only() const override { return true; }
+  std::vector<OutputPath> outputs() const override { return {{options_.path(), OutputKind::file}}; }
 
  private:
   PlotOptions options_;

@@ -47,6 +47,13 @@ class TensorBoard : public Callback {
 
   std::string state_key() const override { return "tensorboard"; }
   bool rank_zero_only() const override { return true; }
+  // A run of a given name is one output; a new timestamped run claims its
+  // own directory at fit_start (see start).
+  std::vector<OutputPath> outputs() const override {
+    if (options_.run_name().empty()) return {};
+    return {{(std::filesystem::path(options_.log_dir()) / options_.run_name()).string(),
+             OutputKind::directory}};
+  }
 
   void on_event(Event event, TrainingLoop& loop) override {
     const LoopState& state = loop.state();
@@ -168,11 +175,20 @@ class TensorBoard : public Callback {
     finish();  // a previous fit that never reached fit_end
     std::string run = options_.run_name();
     if (run.empty()) {
-      // Two fits started in the same second must not share a run.
+      // Two fits started in the same second must not share a run: the one
+      // whose mkdir makes the directory owns it (an exists() check first
+      // would leave a window in which both take the same name).
+      std::error_code error;
+      std::filesystem::create_directories(options_.log_dir(), error);
       const std::string base = timestamp();
       run = base;
-      for (int n = 2; std::filesystem::exists(std::filesystem::path(options_.log_dir()) / run);
+      for (int n = 2; !std::filesystem::create_directory(
+               std::filesystem::path(options_.log_dir()) / run, error);
            ++n) {
+        if (error) {
+          throw Error(fmt::format("tensorboard: cannot create a run directory in {}: {}",
+                                  options_.log_dir(), error.message()));
+        }
         run = fmt::format("{}-{}", base, n);
       }
     }

@@ -4,9 +4,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "trainloop/export.h"
 #include "trainloop/callback.h"
@@ -28,7 +30,10 @@ struct CheckpointOptions {
   /// last checkpoint (or the fit's start) (default 0: off).
   TORCH_ARG(double, every_n_minutes) = 0;
   /// How many of the newest checkpoints to keep (default 3; 0: all). The
-  /// best one (see `monitor`) is kept besides these.
+  /// best one (see `monitor`) and the one just written are kept besides
+  /// these. Only checkpoints that verify (`verify_checkpoint`, each once per
+  /// fit) count; directories that do not are reported once, by count, and
+  /// left alone.
   TORCH_ARG(int64_t, keep_last) = 3;
   /// A metric name ("val_loss", "val_accuracy", …): at each epoch end where
   /// it improved, a checkpoint is written even if none is due, and kept as
@@ -61,6 +66,9 @@ class TRAINLOOP_API CheckpointCallback : public Callback {
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
   int order() const override { return kRunLast; }
+  std::vector<OutputPath> outputs() const override {
+    return {{directory_, OutputKind::directory}};
+  }
 
   /// The directory of the newest checkpoint written, empty before the first.
   const std::string& last_path() const { return last_path_; }
@@ -86,6 +94,10 @@ class TRAINLOOP_API CheckpointCallback : public Callback {
   std::string last_path_;
   double last_write_seconds_ = 0;
   int64_t write_count_ = 0;
+  // Checkpoint names verified in this fit: empty when valid, else the problem.
+  std::map<std::string, std::string> verified_;
+  // Invalid checkpoints already reported, so each count is said once.
+  int64_t reported_invalid_ = 0;
 };
 
 /// A `CheckpointCallback` writing into `directory`.
