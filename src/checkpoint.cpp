@@ -15,6 +15,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <mutex>
+#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -67,12 +68,44 @@ json number_to_json(double value) {
   return value;
 }
 
+// A checkpoint's identity, in its manifest and its state.pt, so parts of
+// different checkpoints cannot be mixed unnoticed. From the operating
+// system, not from torch's generators, whose state is part of the fit.
+std::string new_checkpoint_id() {
+  std::random_device device;
+  return fmt::format("{:08x}{:08x}", device(), device());
+}
+
+// The manifest's own checksum: the CRC-32 of its canonical text without the
+// "checksum" field (nlohmann::json prints an object the same way however it
+// was read, so whitespace does not matter and every value does).
+std::string manifest_checksum(json manifest) {
+  manifest.erase("checksum");
+  return fmt::format("crc32:{:08x}", crc32_of(manifest.dump()));
+}
+
 std::string utc_now() {
   const std::time_t now = std::time(nullptr);
   std::tm utc{};
   gmtime_r(&now, &utc);
   char text[32];
   std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+// The position in a checkpoint directory's name, when it has the name
+// `callbacks::checkpoint` gives (see checkpoint_names).
+std::optional<ResumePoint> named_position(const std::string& name) {
+  static const std::regex pattern("epoch([0-9]{4,18})-batch([0-9]{6,18})");
+  std::smatch match;
+  if (!std::regex_match(name, match, pattern)) return std::nullopt;
+  return ResumePoint{std::stoll(match[1]), std::stoll(match[2])};
+}
+
+// A LibTorch error's message without its C++ stack trace.
+std::string first_line(const c10::Error& error) {
+  std::string text = error.what_without_backtrace();
+  if (const size_t end = text.find('\n'); end != std::string::npos) text.resize(end);
   return text;
 }
 
@@ -225,9 +258,14 @@ std::vector<std::string> gather_bytes(distributed::ProcessGroup& group, const st
 // `other_ranks[r - 1]`: rank r's state (see write_rank_state) in a
 // data-parallel fit, stored as bytes under "rank{r}"; rank 0's (this
 // process's) is at the top, where a fit of one process has it.
-std::string state_bytes(TrainingLoop& loop, const std::vector<std::string>& other_ranks) {
+std::string state_bytes(TrainingLoop& loop, const std::vector<std::string>& other_ranks,
+                        const std::string& id, ResumePoint resume) {
   torch::serialize::OutputArchive state;
   write_rank_state(loop, state);
+  torch::serialize::OutputArchive identity;
+  identity.write("id", c10::IValue(id));
+  identity.write("position", torch::tensor({resume.epoch, resume.batch, loop.state().global_step}));
+  state.write("identity", identity);
   for (size_t i = 0; i < other_ranks.size(); ++i) {
     const std::string& bytes = other_ranks[i];
     torch::Tensor tensor = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
@@ -251,10 +289,11 @@ std::string state_bytes(TrainingLoop& loop, const std::vector<std::string>& othe
 }
 
 json manifest_json(TrainingLoop& loop, ResumePoint resume, const CheckpointNote& note,
-                   const std::map<std::string, std::string>& files) {
+                   const std::map<std::string, std::string>& files, const std::string& id) {
   const LoopState& state = loop.state();
   json manifest;
   manifest["format"] = kCheckpointFormat;
+  manifest["id"] = id;
   manifest["created"] = utc_now();
   manifest["resume"] = {{"epoch", resume.epoch}, {"batch", resume.batch}};
   manifest["global_step"] = state.global_step;
@@ -288,6 +327,7 @@ json manifest_json(TrainingLoop& loop, ResumePoint resume, const CheckpointNote&
     entries[name] = {{"bytes", bytes.size()}, {"crc32", crc32_of(bytes)}};
   }
   manifest["files"] = entries;
+  manifest["checksum"] = manifest_checksum(manifest);
   return manifest;
 }
 
@@ -303,15 +343,13 @@ std::string checkpoint_name(ResumePoint resume) {
 }
 
 std::vector<std::string> checkpoint_names(const std::string& directory) {
-  static const std::regex pattern("epoch[0-9]{4,}-batch[0-9]{6,}");
   std::vector<std::pair<ResumePoint, std::string>> found;
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(directory, error)) {
     const std::string name = entry.path().filename().string();
-    if (!std::regex_match(name, pattern) || !entry.is_directory()) continue;
-    const size_t dash = name.find('-');
-    ResumePoint point{std::stoll(name.substr(5, dash - 5)), std::stoll(name.substr(dash + 6))};
-    found.emplace_back(point, name);
+    const auto point = named_position(name);
+    if (!point || !entry.is_directory(error)) continue;
+    found.emplace_back(*point, name);
   }
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
     return std::tie(a.first.epoch, a.first.batch) < std::tie(b.first.epoch, b.first.batch);
@@ -332,8 +370,9 @@ void write_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint r
     loop.optimizer().save(optimizer);
     files[kOptimizerFile] = archive_bytes(optimizer);
   }
-  files[kStateFile] = state_bytes(loop, other_ranks);
-  const std::string manifest = manifest_json(loop, resume, note, files).dump(1);
+  const std::string id = new_checkpoint_id();
+  files[kStateFile] = state_bytes(loop, other_ranks, id, resume);
+  const std::string manifest = manifest_json(loop, resume, note, files, id).dump(1);
 
   const fs::path target(path);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
@@ -524,6 +563,12 @@ Manifest parse_manifest(std::string_view text, const std::string& source) {
                             format.dump(), kCheckpointFormat));
   }
   Manifest manifest;
+  const json& id = member(root, "id", source, "id");
+  if (!id.is_string() || id.get_ref<const std::string&>().size() != 16 ||
+      id.get_ref<const std::string&>().find_first_not_of("0123456789abcdef") != std::string::npos) {
+    bad_field(source, "id", "16 hexadecimal digits");
+  }
+  manifest.id = id.get<std::string>();
   const json& resume = member(root, "resume", source, "resume");
   if (!resume.is_object()) bad_field(source, "resume", "an object");
   manifest.info.resume.epoch = non_negative(resume, "epoch", source, "resume.");
@@ -586,8 +631,65 @@ Manifest parse_manifest(std::string_view text, const std::string& source) {
     }
     manifest.files[required] = {static_cast<uint64_t>(bytes), static_cast<uint32_t>(crc)};
   }
+  // Last, so every field above is checked (and fuzzed) on its own.
+  const json& checksum = member(root, "checksum", source, "checksum");
+  if (!checksum.is_string()) bad_field(source, "checksum", "a string \"crc32:<8 hex digits>\"");
+  const std::string expected = manifest_checksum(root);
+  if (checksum.get_ref<const std::string&>() != expected) {
+    throw Error(fmt::format("{}: its checksum {} does not match its contents ({}): the manifest "
+                            "was changed after it was written",
+                            source, checksum.get_ref<const std::string&>(), expected));
+  }
   return manifest;
 }
+
+namespace {
+
+// The directory's name, the manifest and state.pt must tell of one
+// checkpoint: parts copied from different ones make it invalid.
+void check_name(const Manifest& manifest, const std::string& path) {
+  const ResumePoint resume = manifest.info.resume;
+  const std::string name = fs::path(path).filename().string();
+  if (const auto named = named_position(name);
+      named && (named->epoch != resume.epoch || named->batch != resume.batch)) {
+    throw Error(fmt::format("{}: the directory's name says epoch {} batch {}, its manifest says "
+                            "epoch {} batch {}: the manifest belongs to another checkpoint",
+                            path, named->epoch, named->batch, resume.epoch, resume.batch));
+  }
+}
+
+void check_identity(const LoadedCheckpoint& checkpoint, const std::string& path) {
+  const Manifest& manifest = checkpoint.manifest;
+  const ResumePoint resume = manifest.info.resume;
+  const std::string state_path = (fs::path(path) / kStateFile).string();
+  const std::string& bytes = checkpoint.files.at(kStateFile);
+  std::string id;
+  torch::Tensor position;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(bytes.data(), bytes.size(), torch::kCPU);
+    torch::serialize::InputArchive identity;
+    c10::IValue saved_id;
+    if (!archive.try_read("identity", identity) || !identity.try_read("id", saved_id) ||
+        !saved_id.isString() || !identity.try_read("position", position)) {
+      throw Error(fmt::format("{}: holds no checkpoint identity", state_path));
+    }
+    id = saved_id.toStringRef();
+  } catch (const c10::Error& e) {
+    throw Error(fmt::format("{}: cannot be read: {}", state_path, first_line(e)));
+  }
+  const std::vector<int64_t> expected{resume.epoch, resume.batch, manifest.info.global_step};
+  const bool same_position = position.scalar_type() == torch::kLong && position.dim() == 1 &&
+                             position.numel() == 3 &&
+                             std::vector<int64_t>(position.data_ptr<int64_t>(),
+                                                  position.data_ptr<int64_t>() + 3) == expected;
+  if (id != manifest.id || !same_position) {
+    throw Error(fmt::format("{}: belongs to another checkpoint (id {}, the manifest's {})",
+                            state_path, id, manifest.id));
+  }
+}
+
+}  // namespace
 
 LoadedCheckpoint read_checkpoint(const std::string& path) {
   const fs::path directory(path);
@@ -599,6 +701,7 @@ LoadedCheckpoint read_checkpoint(const std::string& path) {
   LoadedCheckpoint checkpoint;
   checkpoint.manifest = parse_manifest(io::read_file(manifest_path, kMaxManifestBytes), manifest_path);
   checkpoint.manifest.info.path = path;
+  check_name(checkpoint.manifest, path);
   for (const auto& [name, expected] : checkpoint.manifest.files) {
     const std::string file = (directory / name).string();
     // At most one byte more than promised is read, so a bad manifest or an
@@ -620,15 +723,20 @@ LoadedCheckpoint read_checkpoint(const std::string& path) {
     }
     checkpoint.files[name] = std::move(bytes);
   }
+  check_identity(checkpoint, path);
   return checkpoint;
 }
 
 std::optional<LoadedCheckpoint> load_for_resume(const std::string& path) {
   const fs::path root(path);
-  if (!fs::exists(root)) {
-    throw Error(fmt::format("{}: cannot resume: no such checkpoint or directory", path));
+  std::error_code error;
+  if (!fs::exists(root, error)) {
+    // Like Lightning's ckpt_path="last": a program may always pass the
+    // directory its checkpoint callback writes, before the first exists.
+    std::cerr << "trainloop: " << path << " does not exist yet, starting from the beginning\n";
+    return std::nullopt;
   }
-  if (fs::exists(root / kManifest)) return read_checkpoint(path);
+  if (fs::exists(root / kManifest, error)) return read_checkpoint(path);
   if (!fs::is_directory(root)) {
     throw Error(fmt::format("{}: cannot resume: not a checkpoint directory", path));
   }
@@ -637,17 +745,26 @@ std::optional<LoadedCheckpoint> load_for_resume(const std::string& path) {
     std::cerr << "trainloop: no checkpoint in " << path << ", starting from the beginning\n";
     return std::nullopt;
   }
+  // The first invalid one is named with its problem; the rest are counted,
+  // so thousands of stray directories make one line, not thousands.
   std::string first_problem;
+  int64_t skipped = 0;
   for (auto name = names.rbegin(); name != names.rend(); ++name) {
     const std::string candidate = (root / *name).string();
     try {
       LoadedCheckpoint checkpoint = read_checkpoint(candidate);
-      if (!first_problem.empty()) std::cerr << "trainloop: resuming from " << candidate << "\n";
+      if (skipped > 1) {
+        std::cerr << "trainloop: skipped " << skipped - 1 << " more invalid checkpoint"
+                  << (skipped == 2 ? "" : "s") << " in " << path << "\n";
+      }
+      if (skipped > 0) std::cerr << "trainloop: resuming from " << candidate << "\n";
       return checkpoint;
     } catch (const Error& e) {
-      std::cerr << "trainloop: skipping invalid checkpoint " << candidate << ": " << e.what()
-                << "\n";
-      if (first_problem.empty()) first_problem = e.what();
+      if (skipped++ == 0) {
+        std::cerr << "trainloop: skipping invalid checkpoint " << candidate << ": " << e.what()
+                  << "\n";
+        first_problem = e.what();
+      }
     }
   }
   throw Error(fmt::format("{}: cannot resume: none of its {} checkpoints is valid; the newest: {}",

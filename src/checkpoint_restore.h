@@ -22,6 +22,8 @@ namespace trainloop::detail {
 /// A checkpoint's manifest, parsed and checked.
 struct Manifest {
   CheckpointInfo info;
+  /// Random, written into the manifest and state.pt alike.
+  std::string id;
   int64_t epoch_count = 0;
   std::vector<std::map<std::string, double>> history;
   std::vector<std::string> metrics;

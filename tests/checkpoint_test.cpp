@@ -3,6 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +25,7 @@
 #include "trainloop/callbacks/lr_scheduler.h"
 #include "trainloop/callbacks/tensorboard.h"
 #include "trainloop/error.h"
+#include "trainloop/output_lock.h"
 #include "trainloop/training_loop.h"
 
 namespace trainloop {
@@ -242,12 +248,181 @@ TEST_F(CheckpointTest, CorruptedOrTruncatedFilesAreNamed) {
   fs::resize_file(newest / "model.pt", 100);
   EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
               ThrowsMessage<Error>(HasSubstr((newest / "model.pt").string() + ": 100 bytes, the manifest says")));
-  std::ofstream(newest / "manifest.json") << "{\"format\": 2}";
+  std::ofstream(newest / "manifest.json") << "{\"format\": 1}";
   EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
-              ThrowsMessage<Error>(HasSubstr("checkpoint format 2, this build reads 1")));
-  std::ofstream(newest / "manifest.json") << "{\"format\": 1, \"resume\": {\"epoch\": -3}}";
+              ThrowsMessage<Error>(HasSubstr("checkpoint format 1, this build reads 2")));
+  std::ofstream(newest / "manifest.json")
+      << "{\"format\": 2, \"id\": \"0123456789abcdef\", \"resume\": {\"epoch\": -3}}";
   EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
               ThrowsMessage<Error>(HasSubstr("field \"resume.epoch\": expected an integer >= 0")));
+}
+
+// The manifest of `checkpoint`, as JSON, and written back with a correct
+// checksum (as a forger who knows the format would).
+nlohmann::json read_manifest(const fs::path& checkpoint) {
+  return nlohmann::json::parse(read_text(checkpoint / "manifest.json"));
+}
+
+void write_manifest_with_checksum(const fs::path& checkpoint, nlohmann::json manifest) {
+  manifest.erase("checksum");
+  const std::string text = manifest.dump();
+  const uLong crc = crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(text.data()),
+                          static_cast<uInt>(text.size()));
+  manifest["checksum"] = fmt::format("crc32:{:08x}", crc);
+  std::ofstream(checkpoint / "manifest.json") << manifest.dump(1);
+}
+
+TEST_F(CheckpointTest, AOneByteChangeOfTheManifestIsDetected) {
+  TrainingRun run(scratch.path, 11, {stop_after(4)});
+  run.loop.fit(run.model, kEpochs);
+  const fs::path newest = scratch.path / "checkpoints" / "epoch0000-batch000004";
+  std::string text = read_text(newest / "manifest.json");
+  const size_t at = text.find("\"global_step\": 4");
+  ASSERT_NE(at, std::string::npos);
+  text[at + 15] = '3';
+  std::ofstream(newest / "manifest.json") << text;
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr((newest / "manifest.json").string() +
+                                             ": its checksum crc32:")));
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr("the manifest was changed after it was written")));
+  // The checksum itself must be there.
+  auto manifest = read_manifest(newest);
+  manifest.erase("checksum");
+  std::ofstream(newest / "manifest.json") << manifest.dump(1);
+  EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
+              ThrowsMessage<Error>(HasSubstr("field \"checksum\" is missing")));
+}
+
+TEST_F(CheckpointTest, ACheckpointMadeOfPartsOfOthersIsRejected) {
+  TrainingRun run(scratch.path, 11, {stop_after(4)});
+  run.loop.fit(run.model, kEpochs);
+  const fs::path dir = scratch.path / "checkpoints";
+  const fs::path three = dir / "epoch0000-batch000003";
+  const fs::path four = dir / "epoch0000-batch000004";
+  const auto manifest_of_four = read_manifest(four);
+  fs::copy_file(four / "model.pt", scratch.path / "model-of-four.pt");
+  // Another checkpoint's weights, with their size and CRC in a manifest
+  // whose checksum no longer fits.
+  {
+    auto manifest = read_manifest(four);
+    manifest["files"]["model.pt"] = read_manifest(three)["files"]["model.pt"];
+    std::ofstream(four / "manifest.json") << manifest.dump(1);
+    fs::copy_file(three / "model.pt", four / "model.pt", fs::copy_options::overwrite_existing);
+  }
+  EXPECT_THAT([&] { verify_checkpoint(four.string()); },
+              ThrowsMessage<Error>(HasSubstr("the manifest was changed after it was written")));
+  // A whole manifest of another checkpoint: the directory's name disagrees.
+  fs::copy_file(three / "manifest.json", four / "manifest.json", fs::copy_options::overwrite_existing);
+  EXPECT_THAT([&] { verify_checkpoint(four.string()); },
+              ThrowsMessage<Error>(HasSubstr(four.string() + ": the directory's name says epoch 0 "
+                                             "batch 4, its manifest says epoch 0 batch 3")));
+  // A forged manifest that takes in another checkpoint's state.pt: state.pt
+  // names the checkpoint it belongs to.
+  {
+    fs::copy_file(scratch.path / "model-of-four.pt", four / "model.pt",
+                  fs::copy_options::overwrite_existing);
+    fs::copy_file(three / "state.pt", four / "state.pt", fs::copy_options::overwrite_existing);
+    auto manifest = manifest_of_four;
+    manifest["files"]["state.pt"] = read_manifest(three)["files"]["state.pt"];
+    write_manifest_with_checksum(four, manifest);
+  }
+  EXPECT_THAT([&] { verify_checkpoint(four.string()); },
+              ThrowsMessage<Error>(HasSubstr((four / "state.pt").string() +
+                                             ": belongs to another checkpoint")));
+  // And resuming from the directory falls back to the one before.
+  TrainingRun second(scratch.path, 11);
+  testing::internal::CaptureStderr();
+  second.loop.fit(second.model, kEpochs, torch::kCPU, dir.string());
+  EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("resuming from " + three.string()));
+}
+
+TEST_F(CheckpointTest, InvalidCheckpointsAreReportedOnceAndNeverPushOutValidOnes) {
+  const fs::path dir = scratch.path / "checkpoints";
+  // Stray directories named later than anything this fit writes: empty ones,
+  // and one with a corrupt manifest.
+  for (int i = 0; i < 200; ++i) fs::create_directories(dir / checkpoint_name({9000 + i, 0}));
+  fs::create_directories(dir / "epoch9999-batch000000");
+  std::ofstream(dir / "epoch9999-batch000000" / "manifest.json") << "{";
+  testing::internal::CaptureStderr();
+  TrainingRun run(scratch.path, 11, {stop_after(4)});
+  run.loop.fit(run.model, kEpochs);
+  const std::string said = testing::internal::GetCapturedStderr();
+  // keep_last(2) kept the two newest valid checkpoints, the strays untouched.
+  const auto names = checkpoint_names(dir.string());
+  ASSERT_EQ(names.size(), 203u);
+  EXPECT_EQ(names[0], "epoch0000-batch000003");
+  EXPECT_EQ(names[1], "epoch0000-batch000004");
+  EXPECT_EQ(run.checkpoint->last_path(), (dir / "epoch0000-batch000004").string());
+  EXPECT_NO_THROW(verify_checkpoint(run.checkpoint->last_path()));
+  // One line for all 201, however many checkpoints were written.
+  EXPECT_THAT(said, HasSubstr(dir.string() + ": 201 directories named like checkpoints are not "
+                              "valid; left alone and not counted among the 2 kept"));
+  EXPECT_EQ(std::count(said.begin(), said.end(), '\n'), 1) << said;
+  // A resume from the directory: one line for the invalid ones, then the
+  // newest valid one.
+  TrainingRun second(scratch.path, 11, {stop_after(5)});
+  testing::internal::CaptureStderr();
+  second.loop.fit(second.model, kEpochs, torch::kCPU, dir.string());
+  const std::string resumed = testing::internal::GetCapturedStderr();
+  EXPECT_THAT(resumed, HasSubstr("skipped 200 more invalid checkpoints in " + dir.string()));
+  EXPECT_THAT(resumed, HasSubstr("resuming from " + (dir / "epoch0000-batch000004").string()));
+  EXPECT_LE(std::count(resumed.begin(), resumed.end(), '\n'), 4) << resumed;
+}
+
+TEST_F(CheckpointTest, ASecondProcessWritingTheSameRunFailsAtOnceAndLosesNothing) {
+  {
+    TrainingRun first(scratch.path, 11, {stop_after(2)});
+    first.loop.fit(first.model, kEpochs);
+  }
+  const std::string log_before = read_text(scratch.path / "log.csv");
+  const auto names_before = checkpoint_names((scratch.path / "checkpoints").string());
+  // Another process holds the checkpoint directory, as a running fit does.
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t holder = ::fork();
+  if (holder == 0) {
+    OutputLock lock((scratch.path / "checkpoints").string(), OutputKind::directory);
+    (void)!::write(ready[1], "y", 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char byte = 0;
+  ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+  TrainingRun second(scratch.path, 11);
+  EXPECT_THAT([&] {
+    second.loop.fit(second.model, kEpochs, torch::kCPU, (scratch.path / "checkpoints").string());
+  }, ThrowsMessage<Error>(HasSubstr((scratch.path / "checkpoints").string() +
+                                    ": in use by another process (PID " + std::to_string(holder) +
+                                    ")")));
+  ::kill(holder, SIGKILL);
+  ::waitpid(holder, nullptr, 0);
+  EXPECT_EQ(read_text(scratch.path / "log.csv"), log_before);
+  EXPECT_EQ(checkpoint_names((scratch.path / "checkpoints").string()), names_before);
+}
+
+TEST_F(CheckpointTest, FitStartRemovesOnlyTemporaryDirectoriesOfProcessesThatAreGone) {
+  const fs::path dir = scratch.path / "checkpoints";
+  // A process that ran and is gone, and one that still runs.
+  const pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ::waitpid(gone, nullptr, 0);
+  const pid_t alive = ::fork();
+  if (alive == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  const fs::path abandoned = dir / (".tmp-epoch0000-batch000001-" + std::to_string(gone));
+  const fs::path in_use = dir / (".tmp-epoch0000-batch000001-" + std::to_string(alive));
+  const fs::path old_abandoned = dir / (".old-epoch0000-batch000001-" + std::to_string(gone));
+  for (const auto& path : {abandoned, in_use, old_abandoned}) fs::create_directories(path);
+  TrainingRun run(scratch.path, 11, {stop_after(1)});
+  run.loop.fit(run.model, kEpochs);
+  ::kill(alive, SIGKILL);
+  ::waitpid(alive, nullptr, 0);
+  EXPECT_FALSE(fs::exists(abandoned));
+  EXPECT_FALSE(fs::exists(old_abandoned));
+  EXPECT_TRUE(fs::exists(in_use));
 }
 
 TEST_F(CheckpointTest, ResumeFallsBackToTheNewestValidCheckpointAndSaysSo) {
@@ -336,11 +511,16 @@ TEST_F(CheckpointTest, EveryCheckpointInvalidFailsNamingTheNewestProblem) {
   testing::internal::GetCapturedStderr();
 }
 
-TEST_F(CheckpointTest, AMissingResumePathFailsNamingIt) {
+TEST_F(CheckpointTest, AResumePathThatDoesNotExistYetStartsAFreshFitSayingSo) {
+  // So a program may always pass the directory its checkpoints go to.
   TrainingRun run(scratch.path, 11);
-  const std::string missing = (scratch.path / "nowhere").string();
-  EXPECT_THAT([&] { run.loop.fit(run.model, 1, torch::kCPU, missing); },
-              ThrowsMessage<Error>(HasSubstr(missing + ": cannot resume: no such checkpoint")));
+  const std::string missing = (scratch.path / "elsewhere").string();
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(run.loop.fit(run.model, 1, torch::kCPU, missing), FitStatus::completed);
+  EXPECT_THAT(testing::internal::GetCapturedStderr(),
+              HasSubstr(missing + " does not exist yet, starting from the beginning"));
+  EXPECT_TRUE(run.loop.state().resumed_from.empty());
+  EXPECT_FALSE(checkpoint_names((scratch.path / "checkpoints").string()).empty());
 }
 
 TEST_F(CheckpointTest, AnEmptyCheckpointDirectoryStartsAFreshFit) {
@@ -364,8 +544,8 @@ TEST_F(CheckpointTest, AnUnwritableDirectoryFailsAtFitStart) {
                     {}, {callbacks::checkpoint(inside_a_file.string()), watcher});
   EXPECT_THAT([&] { loop.fit(model, 1); },
               ThrowsMessage<Error>(HasSubstr(inside_a_file.string() +
-                                             ": cannot create the checkpoint directory")));
-  EXPECT_EQ(loop.state().global_step, 0);
+                                             ": cannot create the directory")));
+  EXPECT_FALSE(watcher->started);
 }
 
 TEST_F(CheckpointTest, CallbacksSharingAStateKeyFailAtFitStart) {

@@ -15,7 +15,7 @@ namespace trainloop {
 class TrainingLoop;
 
 /// The checkpoint format this build writes, and the only one it reads.
-inline constexpr int kCheckpointFormat = 1;
+inline constexpr int kCheckpointFormat = 2;
 
 /// Where a resumed fit continues: `epoch` epochs and then `batch` training
 /// batches of the next one are done. An epoch-end checkpoint has batch 0.
