@@ -64,6 +64,8 @@ void Model::train(bool on) {
   }
 }
 
+bool Model::is_training() const { return module_ ? module_->is_training() : script_->is_training(); }
+
 void Model::to(const torch::Device& device) {
   if (module_) {
     module_->to(device);

@@ -1,6 +1,7 @@
 #include "trainloop/training_loop.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <exception>
@@ -38,10 +39,83 @@ torch::Tensor to_device(const torch::Tensor& tensor, const torch::Device& device
   return tensor.to(device);
 }
 
-void default_step(LoopState& state, const Model& model, const LossFunction& loss) {
-  state.outputs = model.forward(state.inputs);
-  if (state.targets.defined()) state.loss = loss(state.outputs, state.targets);
+std::string shape_text(const torch::Tensor& tensor) {
+  if (!tensor.defined()) return "none";
+  return fmt::format("{} [{}]", c10::toString(tensor.scalar_type()), fmt::join(tensor.sizes(), ", "));
 }
+
+// Where the loop is, for an error: "training, epoch 2/10, batch 5/100".
+std::string position(const LoopState& state) {
+  if (state.phase == Phase::training || state.phase == Phase::validation) {
+    return fmt::format("{}, epoch {}/{}, batch {}/{}", to_string(state.phase), state.epoch + 1,
+                       state.epoch_count, state.batch + 1, state.batch_count);
+  }
+  return fmt::format("{}, batch {}/{}", to_string(state.phase), state.batch + 1, state.batch_count);
+}
+
+// An exception's message without LibTorch's C++ stack trace: its first line.
+std::string first_line(const std::exception& error) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&error);
+  std::string text = torch_error ? torch_error->what_without_backtrace() : error.what();
+  if (const size_t end = text.find('\n'); end != std::string::npos) text.resize(end);
+  return text;
+}
+
+// Class targets (one integer per row) beyond the outputs' width would make
+// the loss fail deep inside LibTorch, or, on a GPU, end the process with a
+// device-side assert: checked once, on a fit's first batch.
+void check_class_targets(const LoopState& state) {
+  const torch::Tensor& outputs = state.outputs;
+  const torch::Tensor& targets = state.targets;
+  if (!outputs.defined() || !targets.defined() || outputs.dim() != 2 || outputs.size(1) < 2 ||
+      targets.dim() != 1 || targets.size(0) != outputs.size(0) || targets.numel() == 0 ||
+      !c10::isIntegralType(targets.scalar_type(), /*includeBool=*/false)) {
+    return;
+  }
+  const int64_t low = targets.min().item<int64_t>();
+  const int64_t high = targets.max().item<int64_t>();
+  const int64_t classes = outputs.size(1);
+  if (low < 0 || high >= classes) {
+    throw Error(fmt::format("class targets reach {}, but the model's outputs ({}) give {} classes: "
+                            "expected targets 0 to {}",
+                            low < 0 ? low : high, shape_text(outputs), classes, classes - 1));
+  }
+}
+
+// Unless one of the optimizer's parameters is the model's, the fit would
+// train nothing and still report success.
+void check_optimizer_parameters(torch::optim::Optimizer& optimizer, const Model& model) {
+  std::set<const void*> model_parameters;
+  for (const auto& parameter : model.parameters()) {
+    model_parameters.insert(parameter.unsafeGetTensorImpl());
+  }
+  int64_t count = 0;
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& parameter : group.params()) {
+      if (model_parameters.count(parameter.unsafeGetTensorImpl()) != 0) return;
+      ++count;
+    }
+  }
+  // An optimizer of no parameters is a deliberate choice, not a mix-up.
+  if (count == 0) return;
+  throw Error(fmt::format("TrainingLoop::fit: none of the optimizer's {} parameters is a parameter "
+                          "of the model ({} parameters); build the optimizer over "
+                          "model->parameters() of the model passed to fit",
+                          count, model_parameters.size()));
+}
+
+// Puts the model back into the mode it was in when fit, evaluate or
+// predict began.
+struct RestoreMode {
+  Model& model;
+  bool training;
+  ~RestoreMode() {
+    try {
+      model.train(training);
+    } catch (...) {
+    }
+  }
+};
 
 // What travels with the gradients in a data-parallel fit, summed over the
 // ranks: how many have a SIGINT pending, and how many a SIGTERM.
@@ -74,8 +148,7 @@ TrainingLoop::TrainingLoop(data::DataSource training, data::DataSource validatio
       validation_(std::move(validation)),
       optimizer_(optimizer),
       loss_(std::move(loss)),
-      callbacks_(std::move(callbacks)),
-      step_(default_step) {
+      callbacks_(std::move(callbacks)) {
   if (!training_) throw Error("TrainingLoop: no training data");
   if (!loss_) throw Error("TrainingLoop: the loss function is empty");
   std::set<std::string> names;
@@ -251,10 +324,45 @@ void TrainingLoop::phase(Event start, Event end, int cancel_level, Body&& body) 
   phase(start, end, cancel_level, std::forward<Body>(body), [] {});
 }
 
+std::vector<OutputLock> TrainingLoop::lock_outputs() const {
+  // In a data-parallel fit only rank 0 writes files; the others locking the
+  // same outputs would only fail against it.
+  std::vector<OutputLock> locks;
+  if (state_.rank != 0) return locks;
+  std::map<std::string, std::string> writers;
+  for (const auto& callback : callbacks_) {
+    for (const auto& output : callback->outputs()) {
+      const std::string file = output_lock_file(output.path, output.kind);
+      const auto [known, fresh] = writers.emplace(file, callback->state_key());
+      if (!fresh) {
+        throw Error(fmt::format("TrainingLoop::fit: callbacks {} and {} both write {}; give one "
+                                "of them another path",
+                                known->second, callback->state_key(), output.path));
+      }
+      locks.emplace_back(output.path, output.kind);
+    }
+  }
+  return locks;
+}
+
+template <class Work>
+void TrainingLoop::explain_failure(const std::string& what, Work&& work) {
+  try {
+    work();
+  } catch (const Cancel&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::throw_with_nested(Error(fmt::format("{} (inputs {}, targets {}): {} failed: {}",
+                                             position(state_), shape_text(state_.inputs),
+                                             shape_text(state_.targets), what, first_line(e))));
+  }
+}
+
 void TrainingLoop::record_history() { state_.history.push_back(state_.metric_values()); }
 
 void TrainingLoop::begin_run(const Model& model, torch::Device device) {
   model_.emplace(model);
+  check_targets_ = true;
   model_->to(device);
   state_.device = device;
   state_.inputs = state_.targets = state_.outputs = state_.loss = torch::Tensor();
@@ -274,7 +382,9 @@ FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device) {
 FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device,
                             const std::string& resume_from) {
   if (epochs < 0) throw Error(fmt::format("TrainingLoop::fit: epochs is {}, expected >= 0", epochs));
+  const RestoreMode mode{model, model.is_training()};
   begin_run(model, device);
+  check_optimizer_parameters(optimizer_, *model_);
   state_.epoch = 0;
   state_.epoch_count = epochs;
   state_.global_step = 0;
@@ -288,6 +398,9 @@ FitStatus TrainingLoop::fit(Model model, int64_t epochs, torch::Device device,
     if (validation_) shard(validation_, /*pad=*/false);
     detail::check_reducible(state_.training_metrics);
   }
+  // Held until fit returns, however it ends: another process writing the
+  // same files fails at once instead of destroying this run's.
+  const std::vector<OutputLock> locks = lock_outputs();
   // Everything that can fail about a checkpoint fails here, before fit_start
   // and before any training time is spent.
   std::optional<detail::LoadedCheckpoint> checkpoint;
@@ -383,23 +496,27 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
   state_.targets = to_device(batch.targets, state_.device);
   state_.outputs = state_.loss = torch::Tensor();
   phase(Event::batch_start, Event::batch_end, kBatchLevel, [&] {
-    step_(state_, *model_, loss_);
+    explain_failure("the step", [&] { run_step(); });
     emit(Event::inference_prediction_end);
     if (state_.phase == Phase::prediction) {
       predictions_.push_back(state_.outputs.detach());
       return;
     }
-    if (state_.loss.defined()) {
+    if (!state_.loss.defined()) {
+      throw Error(fmt::format("{}: the step left no loss (targets: {}); {} needs targets and a "
+                              "loss (predict gives the outputs of inputs alone)",
+                              position(state_), shape_text(state_.targets),
+                              to_string(state_.phase)));
+    }
+    {
       const torch::Tensor outputs = state_.outputs.detach();
       const torch::Tensor loss = state_.loss.detach();
-      for (const auto& metric : state_.phase_metrics()) metric->update(outputs, state_.targets, loss);
+      for (const auto& metric : state_.phase_metrics()) {
+        explain_failure(fmt::format("metric \"{}\"", metric->name()),
+                        [&] { metric->update(outputs, state_.targets, loss); });
+      }
     }
     if (state_.phase != Phase::training) return;
-    if (!state_.loss.defined()) {
-      throw Error(fmt::format("TrainingLoop: the step left no loss at epoch {} batch {}; "
-                              "training needs targets and a loss",
-                              state_.epoch, state_.batch));
-    }
     const int64_t group_start = state_.batch - state_.batch % accumulation_;
     const int64_t group_size = std::min(accumulation_, state_.batch_count - group_start);
     if (state_.batch == group_start) optimizer_.zero_grad();
@@ -409,12 +526,14 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
     if (reducer_ && updates) {
       reducer_->prepare(/*fresh=*/state_.batch == group_start, signal_control(handle_signals_));
     }
-    if (group_size == 1) {
-      state_.loss.backward();
-    } else {
-      (state_.loss / static_cast<double>(group_size)).backward();
-      if (!updates) return;
-    }
+    explain_failure("backward", [&] {
+      if (group_size == 1) {
+        state_.loss.backward();
+      } else {
+        (state_.loss / static_cast<double>(group_size)).backward();
+      }
+    });
+    if (!updates) return;
     if (reducer_) agreed_signal_ = agreed_signal(reducer_->finish());
     emit(Event::update_start);
     optimizer_.step();
@@ -425,9 +544,20 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
   });
 }
 
+void TrainingLoop::run_step() {
+  if (step_) {
+    step_(state_, *model_, loss_);
+    return;
+  }
+  state_.outputs = model_->forward(state_.inputs);
+  if (std::exchange(check_targets_, false)) check_class_targets(state_);
+  if (state_.targets.defined()) state_.loss = loss_(state_.outputs, state_.targets);
+}
+
 std::map<std::string, double> TrainingLoop::evaluate(Model model, data::DataSource data,
                                                      torch::Device device) {
   if (!data) throw Error("TrainingLoop::evaluate: no data");
+  const RestoreMode mode{model, model.is_training()};
   begin_run(model, device);
   if (data_parallel_run()) shard(data, /*pad=*/false);
   try {
@@ -442,6 +572,12 @@ std::map<std::string, double> TrainingLoop::evaluate(Model model, data::DataSour
 
 torch::Tensor TrainingLoop::predict(Model model, data::DataSource data, torch::Device device) {
   if (!data) throw Error("TrainingLoop::predict: no data");
+  if (data->shuffles()) {
+    throw Error("TrainingLoop::predict: the data shuffles its examples, so the rows of the "
+                "outputs would not follow its order; predict over data::Batches (or a source "
+                "with shuffle(false))");
+  }
+  const RestoreMode mode{model, model.is_training()};
   begin_run(model, device);
   // Every rank predicts all of it, even data an earlier run sharded.
   unshard(data);

@@ -242,11 +242,24 @@ TEST_F(EarlyStoppingTest, SaveAndLoadResumeTheCountAndBestWeights) {
 }
 
 TEST_F(EarlyStoppingTest, NanMonitorIsAnError) {
-  auto loop = make_loop({1.0}, {callbacks::early_stopping(EarlyStoppingOptions("val_score"))});
+  auto loop = make_loop({std::numeric_limits<double>::quiet_NaN()},
+                        {callbacks::early_stopping(EarlyStoppingOptions("score"))});
   EXPECT_THAT([&] { loop.fit(model, 1); },
               ThrowsMessage<Error>(HasSubstr(
                   "callback early_stopping failed at epoch_end: early_stopping: monitor "
-                  "\"val_score\" is nan at epoch 1")));
+                  "\"score\" is nan at epoch 1")));
+}
+
+TEST_F(EarlyStoppingTest, AValidationMonitorWithoutValidationDataFailsAtFitStart) {
+  int64_t epochs = 0;
+  auto loop = make_loop({1.0}, {count_epochs(epochs),
+                                callbacks::early_stopping(EarlyStoppingOptions("val_score"))});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "callback early_stopping failed at fit_start: early_stopping: monitor "
+                  "\"val_score\" needs validation data, and this loop has none; give the "
+                  "TrainingLoop validation data or monitor \"score\"")));
+  EXPECT_EQ(epochs, 0);
 }
 
 TEST_F(EarlyStoppingTest, UnknownMonitorFailsAtFitStart) {

@@ -162,13 +162,15 @@ TEST(ReduceLrOnPlateauTest, SaveAndLoadContinueTheCount) {
   EXPECT_DOUBLE_EQ(after[2][0], 0.05);
 }
 
-TEST(ReduceLrOnPlateauTest, NanMonitorIsAnError) {
+TEST(ReduceLrOnPlateauTest, AValidationMonitorWithoutValidationDataFailsAtFitStart) {
   PlateauFixture fixture;
   torch::optim::SGD optimizer(fixture.model->parameters(), torch::optim::SGDOptions(0.1));
   TrainingLoop loop(data::Epochs(fixture.train, 4), nullptr, optimizer, losses::mse, {},
                     {callbacks::reduce_lr_on_plateau(ReduceLrOnPlateauOptions("val_loss"))});
   EXPECT_THAT([&] { loop.fit(fixture.model, 1); },
-              ThrowsMessage<Error>(HasSubstr("monitor \"val_loss\" is nan at epoch 1")));
+              ThrowsMessage<Error>(HasSubstr(
+                  "callback reduce_lr_on_plateau failed at fit_start: reduce_lr_on_plateau: "
+                  "monitor \"val_loss\" needs validation data, and this loop has none")));
 }
 
 TEST(ReduceLrOnPlateauTest, UnknownMonitorFailsAtFitStart) {

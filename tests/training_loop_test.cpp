@@ -3,11 +3,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "trainloop/callbacks/csv_logger.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -295,6 +299,134 @@ TEST_F(LoopFixture, ConstructorRejectsBadArguments) {
   }, testing::ThrowsMessage<Error>(HasSubstr("two metrics are named \"accuracy\"")));
   auto loop = make_loop(false);
   EXPECT_THAT([&] { loop.fit(model, -1); }, testing::ThrowsMessage<Error>(HasSubstr("expected >= 0")));
+}
+
+// --- the user's mistakes name themselves -------------------------------------
+
+TEST_F(LoopFixture, AFailingForwardNamesPhasePositionShapesAndLibTorchsFirstLine) {
+  torch::nn::Linear wrong(5, 3);  // the data has 4 features
+  torch::optim::SGD wrong_optimizer(wrong->parameters(), torch::optim::SGDOptions(0.1));
+  TrainingLoop loop(data::Epochs(train, 2).seed(3), nullptr, wrong_optimizer,
+                    losses::cross_entropy);
+  try {
+    loop.fit(wrong, 1);
+    FAIL() << "fit passed";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_THAT(message, HasSubstr("training, epoch 1/1, batch 1/3 (inputs Float [2, 4], targets "
+                                   "Long [2]): the step failed: mat1 and mat2 shapes cannot be "
+                                   "multiplied (2x4 and 5x3)"));
+    // One line: no C++ stack trace.
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+}
+
+TEST_F(LoopFixture, ClassTargetsBeyondTheOutputsFailOnTheFirstBatchNamingTheWidth) {
+  const data::TensorDataset five_classes(train.inputs, torch::tensor({0, 1, 4, 2, 0, 1}));
+  TrainingLoop loop(data::Batches(five_classes, 3), nullptr, optimizer, losses::cross_entropy);
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr(
+                  "training, epoch 1/1, batch 1/2 (inputs Float [3, 4], targets Long [3]): the "
+                  "step failed: class targets reach 4, but the model's outputs (Float [3, 3]) give "
+                  "3 classes: expected targets 0 to 2")));
+  const data::TensorDataset negative(train.inputs, torch::tensor({0, 1, 2, 2, -1, 1}));
+  TrainingLoop later(data::Batches(negative, 3), nullptr, optimizer, losses::cross_entropy);
+  // Past the first batch LibTorch's own check speaks, with the same context.
+  EXPECT_THAT([&] { later.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr("training, epoch 1/1, batch 2/2")));
+}
+
+TEST_F(LoopFixture, AFailingMetricAndAFailingBackwardAreNamed) {
+  struct Broken : Metric {
+    std::string name() const override { return "broken"; }
+    void update(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) override {
+      throw std::runtime_error("cannot count this\nsecond line");
+    }
+    double compute() const override { return 0; }
+    void reset() override {}
+    std::shared_ptr<Metric> clone() const override { return std::make_shared<Broken>(); }
+  };
+  TrainingLoop loop(data::Epochs(train, 2).seed(3), nullptr, optimizer, losses::cross_entropy,
+                    {std::make_shared<Broken>()});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr("batch 1/3 (inputs Float [2, 4], targets "
+                                                      "Long [2]): metric \"broken\" failed: "
+                                                      "cannot count this")));
+  auto no_graph = make_loop(false);
+  no_graph.step([](LoopState& state, const Model& m, const LossFunction& loss) {
+    state.outputs = m(state.inputs).detach();
+    state.loss = loss(state.outputs, state.targets);
+  });
+  EXPECT_THAT([&] { no_graph.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr("batch 1/3 (inputs Float [2, 4], targets "
+                                                      "Long [2]): backward failed: element 0 of "
+                                                      "tensors does not require grad")));
+}
+
+TEST_F(LoopFixture, AnOptimizerOverAnotherModelsParametersFailsBeforeFitStart) {
+  torch::nn::Linear other(4, 3);
+  torch::optim::SGD other_optimizer(other->parameters(), torch::optim::SGDOptions(0.1));
+  TrainingLoop loop(data::Epochs(train, 2), nullptr, other_optimizer, losses::cross_entropy, {},
+                    {recorder});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr(
+                  "none of the optimizer's 2 parameters is a parameter of the model (2 "
+                  "parameters)")));
+  EXPECT_TRUE(recorder->trace.empty());
+}
+
+TEST_F(LoopFixture, EvaluateAndValidationWithoutTargetsAreErrors) {
+  auto loop = make_loop(false);
+  const data::TensorDataset inputs_only(valid.inputs, {});
+  EXPECT_THAT([&] { loop.evaluate(model, data::Batches(inputs_only, 4)); },
+              testing::ThrowsMessage<Error>(HasSubstr(
+                  "evaluation, batch 1/2: the step left no loss (targets: none); evaluation needs "
+                  "targets and a loss (predict gives the outputs of inputs alone)")));
+  TrainingLoop validating(data::Epochs(train, 2), data::Batches(inputs_only, 4), optimizer,
+                          losses::cross_entropy);
+  EXPECT_THAT([&] { validating.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr("validation, epoch 1/1, batch 1/2: the step "
+                                                      "left no loss")));
+}
+
+TEST_F(LoopFixture, PredictRefusesShuffledDataAndKeepsTheDataOrder) {
+  auto loop = make_loop(false);
+  EXPECT_THAT([&] { loop.predict(model, data::Epochs(valid, 2)); },
+              testing::ThrowsMessage<Error>(HasSubstr("the data shuffles its examples")));
+  const auto predicted = loop.predict(model, data::Epochs(valid, 4).shuffle(false));
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::allclose(predicted, model->forward(valid.inputs)));
+}
+
+TEST_F(LoopFixture, FitEvaluateAndPredictLeaveTheModelInTheModeTheyFoundIt) {
+  auto loop = make_loop(true);
+  for (const bool training : {false, true}) {
+    model->train(training);
+    loop.fit(model, 1);
+    EXPECT_EQ(model->is_training(), training);
+    loop.evaluate(model, data::Batches(valid, 4));
+    EXPECT_EQ(model->is_training(), training);
+    loop.predict(model, data::Batches(valid, 4));
+    EXPECT_EQ(model->is_training(), training);
+  }
+  // Also when the fit fails.
+  model->train(false);
+  auto failing = make_loop(false, {callbacks::lambda([](Event event, TrainingLoop&) {
+    if (event == Event::batch_end) throw std::runtime_error("stop");
+  })});
+  EXPECT_THROW(failing.fit(model, 1), Error);
+  EXPECT_FALSE(model->is_training());
+}
+
+TEST_F(LoopFixture, TwoCallbacksWritingOneFileFailAtFitStart) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("trainloop_two_writers_" + std::to_string(::getpid())) / "log.csv")
+                               .string();
+  auto loop = make_loop(false, {callbacks::csv_logger(path), callbacks::csv_logger(path)});
+  EXPECT_THAT([&] { loop.fit(model, 1); },
+              testing::ThrowsMessage<Error>(HasSubstr("callbacks csv_logger and csv_logger both "
+                                                      "write " + path)));
+  std::filesystem::remove_all(std::filesystem::path(path).parent_path());
 }
 
 // Every torch::optim optimizer drives the loss down on a learnable problem.

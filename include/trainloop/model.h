@@ -68,6 +68,8 @@ class TRAINLOOP_API Model {
 
   /// Switches training mode (dropout, batch norm) on or off.
   void train(bool on = true);
+  /// Whether training mode is on.
+  bool is_training() const;
   /// Moves parameters and buffers to `device` in place, so an optimizer built
   /// before the move still refers to them.
   void to(const torch::Device& device);

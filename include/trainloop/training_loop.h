@@ -18,6 +18,7 @@
 #include "trainloop/losses.h"
 #include "trainloop/metrics.h"
 #include "trainloop/model.h"
+#include "trainloop/output_lock.h"
 
 namespace trainloop {
 
@@ -59,7 +60,14 @@ class TRAINLOOP_API TrainingLoop {
   /// Trains `model` for `epochs` epochs on `device` (moving the model and
   /// each batch there), validating after each epoch. `fit_end` runs however
   /// the fit ends; an exception from a callback is rethrown as `Error` naming
-  /// the callback and event, after `fit_end`.
+  /// the callback and event, after `fit_end`; one from the step (forward,
+  /// loss), a metric or backward as `Error` naming the phase, epoch, batch,
+  /// the batch's shapes and the first line of the original message (which
+  /// stays nested). Before fit_start it takes an `OutputLock` on every
+  /// output the callbacks declare (`Callback::outputs`) and checks that the
+  /// optimizer updates the model's parameters; on the first batch, that
+  /// class targets fit the outputs' width. The model is left in the
+  /// training mode it had.
   FitStatus fit(Model model, int64_t epochs, torch::Device device = torch::kCPU);
 
   /// Like `fit`, but first restores everything a checkpoint holds — weights,
@@ -68,21 +76,25 @@ class TRAINLOOP_API TrainingLoop {
   /// taken, so the result equals that of a fit that never stopped (bit for
   /// bit on the CPU). `resume_from` is a checkpoint directory, or a
   /// directory of checkpoints (e.g. the one given to `callbacks::checkpoint`),
-  /// from which the newest valid one is taken: invalid ones are reported on
-  /// stderr and skipped. A directory without any checkpoint starts a fresh fit
-  /// (said on stderr). Throws `Error` before fit_start when the path does not
-  /// exist, every checkpoint in it is invalid, or the checkpoint does not
-  /// match the model (naming the first differing parameter) or the data.
+  /// from which the newest valid one is taken: invalid ones are skipped and
+  /// reported on stderr (the first by name, the rest by count). A path that
+  /// does not exist yet or holds no checkpoint starts a fresh fit (said on
+  /// stderr), so a program may always pass its checkpoint directory. Throws
+  /// `Error` before fit_start when every checkpoint in it is invalid, or the
+  /// checkpoint does not match the model (naming the first differing
+  /// parameter) or the data.
   FitStatus fit(Model model, int64_t epochs, torch::Device device,
                 const std::string& resume_from);
 
   /// Runs `data` through the model without gradients and returns every
-  /// metric by name ("loss", "accuracy", …).
+  /// metric by name ("loss", "accuracy", …). Data without targets (no loss)
+  /// is an `Error`.
   std::map<std::string, double> evaluate(Model model, data::DataSource data,
                                          torch::Device device = torch::kCPU);
 
   /// Runs `data` through the model without gradients and returns all
-  /// outputs concatenated along dimension 0, on the CPU.
+  /// outputs concatenated along dimension 0, on the CPU, in the data's
+  /// order: a source that shuffles (`BatchSource::shuffles`) is an `Error`.
   torch::Tensor predict(Model model, data::DataSource data, torch::Device device = torch::kCPU);
 
   /// The state callbacks read and change.
@@ -168,13 +180,22 @@ class TRAINLOOP_API TrainingLoop {
   void run_epoch();
   void run_pass(data::BatchSource& source, Phase phase);
   void run_batch(const data::Batch& batch);
+  void run_step();
+  std::vector<OutputLock> lock_outputs() const;
+  /// Runs `work`; rethrows what it throws as `Error` naming the phase,
+  /// position, batch shapes and `what` failed (LibTorch's first line only).
+  template <class Work>
+  void explain_failure(const std::string& what, Work&& work);
 
   data::DataSource training_;
   data::DataSource validation_;
   torch::optim::Optimizer& optimizer_;
   LossFunction loss_;
   std::vector<std::shared_ptr<Callback>> callbacks_;
+  // Empty: the default step, loss(model(inputs), targets).
   Step step_;
+  // Whether the next default step checks class targets against the outputs.
+  bool check_targets_ = false;
   int64_t accumulation_ = 1;
   bool handle_signals_ = true;
   // The first training batch of the next training pass (a resumed fit's).

@@ -40,7 +40,7 @@ class EarlyStopping : public Callback {
   void on_event(Event event, TrainingLoop& loop) override {
     switch (event) {
       case Event::fit_start:
-        detail::check_monitor(kKey, loop.state(), options_.monitor());
+        detail::check_monitor(kKey, loop, options_.monitor());
         break;
       case Event::epoch_end:
         on_epoch_end(loop);

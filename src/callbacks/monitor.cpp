@@ -16,11 +16,16 @@ double worst_value(Mode mode) {
                            : -std::numeric_limits<double>::infinity();
 }
 
-void check_monitor(const char* owner, const LoopState& state, const std::string& monitor) {
-  const auto names = state.metric_names();
+void check_monitor(const char* owner, const TrainingLoop& loop, const std::string& monitor) {
+  const auto names = loop.state().metric_names();
   if (std::find(names.begin(), names.end(), monitor) == names.end()) {
     throw Error(fmt::format("{}: no metric named \"{}\"; known: {}", owner, monitor,
                             fmt::join(names, ", ")));
+  }
+  if (monitor.rfind("val_", 0) == 0 && !loop.validation_data()) {
+    throw Error(fmt::format("{}: monitor \"{}\" needs validation data, and this loop has none; "
+                            "give the TrainingLoop validation data or monitor \"{}\"",
+                            owner, monitor, monitor.substr(4)));
   }
 }
 

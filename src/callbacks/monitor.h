@@ -9,6 +9,7 @@
 
 #include "trainloop/callbacks/early_stopping.h"
 #include "trainloop/loop_state.h"
+#include "trainloop/training_loop.h"
 
 namespace trainloop::callbacks::detail {
 
@@ -16,8 +17,9 @@ namespace trainloop::callbacks::detail {
 double worst_value(Mode mode);
 
 /// Throws `Error` naming `owner` unless `monitor` is one of the loop's metric
-/// names, so a typo fails before the first epoch rather than after it.
-void check_monitor(const char* owner, const LoopState& state, const std::string& monitor);
+/// names and, for a "val_" one, the loop has validation data: so a typo
+/// fails at fit_start rather than after the first epoch.
+void check_monitor(const char* owner, const TrainingLoop& loop, const std::string& monitor);
 
 /// The monitored metric's value now; `Error` naming `owner` when it is NaN.
 double monitored_value(const char* owner, const LoopState& state, const std::string& monitor);

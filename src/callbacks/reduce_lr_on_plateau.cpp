@@ -39,7 +39,7 @@ class ReduceLrOnPlateau : public Callback {
   void on_event(Event event, TrainingLoop& loop) override {
     switch (event) {
       case Event::fit_start:
-        detail::check_monitor(kKey, loop.state(), options_.monitor());
+        detail::check_monitor(kKey, loop, options_.monitor());
         break;
       case Event::epoch_end:
         // An epoch cut by a fit-level stop (a signal, CancelFit) has no

@@ -159,6 +159,8 @@ class Prefetcher final : public BatchSource {
     return started_ ? count_ : worker_->source().batch_count();
   }
 
+  bool shuffles() const override { return worker_->source().shuffles(); }
+
   Batch batch(int64_t index) const override {
     if (!started_) {
       throw Error(fmt::format(

@@ -31,6 +31,11 @@ class TRAINLOOP_API BatchSource {
   /// exactly once. The default throws `Error`: implement it to train a
   /// source of your own data-parallel.
   virtual void shard(int64_t rank, int64_t world_size, bool pad);
+
+  /// Whether batches come in another order than the examples' (default
+  /// false). `predict` refuses a source that shuffles, since its outputs'
+  /// rows would not follow the data's.
+  virtual bool shuffles() const { return false; }
 };
 
 /// Training batches over a `TensorDataset`, reshuffled every epoch.
@@ -59,6 +64,7 @@ class TRAINLOOP_API Epochs : public BatchSource {
   /// so each shard has ceil(size / world_size) examples; without, shards
   /// differ by at most one example and together hold each exactly once.
   void shard(int64_t rank, int64_t world_size, bool pad) override;
+  bool shuffles() const override { return shuffle_; }
 
   /// The dataset the batches come from.
   const TensorDataset& dataset() const { return dataset_; }

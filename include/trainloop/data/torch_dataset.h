@@ -100,6 +100,7 @@ class TorchDataset : public BatchSource {
 
   void start_epoch(int64_t epoch) override { order_.start_epoch(epoch); }
   int64_t batch_count() const override { return order_.batch_count(); }
+  bool shuffles() const override { return order_.shuffle; }
   Batch batch(int64_t index) const override {
     const std::vector<size_t> indices = order_.batch_indices(index);
     auto examples = dataset_->get_batch(c10::ArrayRef<size_t>(indices));
