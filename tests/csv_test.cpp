@@ -399,7 +399,7 @@ TEST_F(CsvFileTest, MissingFile) {
               ThrowsMessage<Error>(HasSubstr("cannot open: No such file or directory")));
   EXPECT_THAT([&] { read_csv_table(scratch_.path.string()); },
               ThrowsMessage<Error>(
-                  HasSubstr(scratch_.path.string() + ": read error: Is a directory")));
+                  HasSubstr(scratch_.path.string() + ": not a regular file (a directory)")));
 }
 
 TEST_F(CsvFileTest, ErrorsNameTheFile) {

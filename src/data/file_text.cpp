@@ -86,9 +86,11 @@ size_t read_gzip(const std::string& path, gzFile_s* file, char* buffer, size_t s
   const char* message = gzerror(file, &code);
   if (got < 0 || (code != Z_OK && code != Z_STREAM_END)) {
     std::string text = code == Z_ERRNO ? std::strerror(errno) : message;
-    // zlib prefixes its message with the path, which ours already names.
-    const std::string prefix = path + ": ";
-    if (text.compare(0, prefix.size(), prefix) == 0) text.erase(0, prefix.size());
+    // zlib prefixes its message with where it reads, "<fd:3>" after gzdopen;
+    // ours already names the path.
+    if (text.rfind("<fd:", 0) == 0 && text.find(">: ") != std::string::npos) {
+      text.erase(0, text.find(">: ") + 3);
+    }
     throw Error(fmt::format("{}: gzip error: {}", path, text));
   }
   return static_cast<size_t>(got);
