@@ -43,21 +43,21 @@ int main(int argc, char** argv) {
                "binary_mcc");
   tl::examples::add_table_flags(app, flags.table);
   app.add_option("--test-fraction", flags.test_fraction, "fraction of the rows held out for testing")
-      ->check(CLI::Range(0.01, 0.99))->capture_default_str();
-  app.add_option("--seed", flags.seed, "seed of the split, the initial weights and the batch order")->capture_default_str();
+      ->check(tl::examples::finite_range(0.01, 0.99))->capture_default_str();
+  app.add_option("--seed", flags.seed, "seed of the split, the initial weights and the batch order")->check(tl::examples::kSeed)->capture_default_str();
   app.add_option("--epochs", flags.epochs, "epochs to train")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}))->capture_default_str();
   app.add_option("--batch-size", flags.batch_size, "rows per training batch")
       ->check(CLI::Range(int64_t{1}, int64_t{1000000}))->capture_default_str();
   app.add_option("--lr", flags.peak_lr, "peak learning rate, reached at the end of the warm-up")
-      ->check(CLI::Range(1e-8, 10.0))->capture_default_str();
+      ->check(tl::examples::finite_range(1e-8, 10.0))->capture_default_str();
   app.add_option("--warmup", flags.warmup, "fraction of the updates spent warming up (BERT: 0.1)")
-      ->check(CLI::Range(0.0, 0.99))->capture_default_str();
+      ->check(tl::examples::finite_range(0.0, 0.99))->capture_default_str();
   app.add_option("--weight-decay", flags.weight_decay, "AdamW weight decay")
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+      ->check(tl::examples::finite_range(0.0, 1.0))->capture_default_str();
   app.add_option("--hidden", flags.hidden, "hidden layer widths, e.g. --hidden 64 32")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}))->capture_default_str();
-  app.add_option("--out", flags.out, "directory for curves.svg")->capture_default_str();
+  app.add_option("--out", flags.out, "directory for curves.svg")->check(tl::examples::kOutputDirectory)->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")
       ->check(CLI::Range(0, 1024))->capture_default_str();
   if (const int code = tl::examples::parse_command_line(app, argc, argv); code >= 0) return code;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "lenet.h"
 
 namespace tl = trainloop;
@@ -39,19 +40,12 @@ struct Flags {
 };
 
 // Exit code 2 with one line for anything wrong on the command line.
-constexpr int kUsageError = 2;
-
-// CLI11's PositiveNumber prints a 300-digit range for a non-number.
-const CLI::Validator kPositive(
-    [](std::string& text) -> std::string {
-      char* end = nullptr;
-      const double value = std::strtod(text.c_str(), &end);
-      if (end == text.c_str() || *end != '\0' || !(value > 0)) {
-        return "expected a positive number, found \"" + text + "\"";
-      }
-      return "";
-    },
-    "POSITIVE");
+using tl::examples::kUsageError;
+// Finite positive numbers; a learning rate at most the largest float.
+using tl::examples::kPositive;
+// Beyond it, the timeout in milliseconds would overflow int64 (a year is
+// far more than any rendezvous needs).
+constexpr double kMaxTimeoutSeconds = 365.0 * 24 * 3600;
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "fashion_mnist_lenet: %s (see --help)\n", message.c_str());
@@ -84,13 +78,13 @@ int main(int argc, char** argv) {
   app.add_option("--epochs", flags.epochs, "epochs to train")->check(CLI::Range(int64_t{1}, int64_t{1000}))->capture_default_str();
   app.add_option("--batch-size", flags.batch_size, "examples per training batch (per process when data-parallel)")->check(CLI::Range(int64_t{1}, int64_t{60000}))->capture_default_str();
   app.add_option("--lr", flags.lr, "SGD learning rate")->check(kPositive)->capture_default_str();
-  app.add_option("--momentum", flags.momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  app.add_option("--seed", flags.seed, "seed of the initial weights and the batch order")->capture_default_str();
+  app.add_option("--momentum", flags.momentum, "SGD momentum")->check(tl::examples::finite_range(0.0, 1.0))->capture_default_str();
+  app.add_option("--seed", flags.seed, "seed of the initial weights and the batch order")->check(tl::examples::kSeed)->capture_default_str();
   app.add_option("--device", flags.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")->check(CLI::Range(0, 1024))->capture_default_str();
   app.add_option("--data-dir", flags.data_dir, "directory of the Fashion-MNIST IDX files")->check(CLI::ExistingDirectory)->capture_default_str();
   app.add_option("--out", flags.out,
-                 "directory for the model, log.csv, curves.svg and tensorboard/")->capture_default_str();
+                 "directory for the model, log.csv, curves.svg and tensorboard/")->check(tl::examples::kOutputDirectory)->capture_default_str();
   app.add_option("--schedule", flags.schedule, "learning-rate schedule; --lr is its peak")
       ->check(CLI::IsMember({"constant", "one-cycle", "warmup-linear"}))->capture_default_str();
   app.add_flag("--resume", flags.resume,
@@ -100,7 +94,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
   app.add_option("--dist-timeout", flags.dist_timeout,
                  "data-parallel: seconds to wait for the other processes before giving up")
-      ->check(kPositive)->capture_default_str();
+      ->check(tl::examples::finite_positive(kMaxTimeoutSeconds))->capture_default_str();
   app.add_flag("--lr-find", flags.lr_find,
                "sweep the learning rate, write lr_find.svg under --out, suggest a rate, and exit");
   try {
@@ -130,7 +124,7 @@ int main(int argc, char** argv) {
     // this process: Gloo between CPU processes, NCCL between GPUs.
     auto group = tl::distributed::init(
         tl::distributed::Options()
-            .timeout(std::chrono::milliseconds(static_cast<int64_t>(1000 * flags.dist_timeout)))
+            .timeout(std::chrono::milliseconds(static_cast<int64_t>(std::ceil(1000 * flags.dist_timeout))))
             .backend(device.is_cuda() ? tl::distributed::Backend::automatic
                                       : tl::distributed::Backend::gloo));
     if (group && group->backend_name() == "nccl") device = group->device();  // cuda:LOCAL_RANK

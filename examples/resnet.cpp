@@ -131,13 +131,13 @@ int main(int argc, char** argv) {
   app.add_option("--batch-size", flags.batch_size, "images per training batch")->check(CLI::Range(int64_t{1}, int64_t{65536}))->capture_default_str();
   app.add_option("--blocks-per-stage", flags.blocks_per_stage, "basic blocks in each of the 3 stages (3: ResNet-20)")->check(CLI::Range(int64_t{1}, int64_t{64}))->capture_default_str();
   app.add_option("--lr", flags.lr, "peak learning rate of the one-cycle schedule (SGD, Nesterov momentum)")->check(kPositive)->capture_default_str();
-  app.add_option("--weight-decay", flags.weight_decay, "SGD weight decay")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--weight-decay", flags.weight_decay, "SGD weight decay")->check(tl::examples::finite_range(0.0, 1.0))->capture_default_str();
   app.add_flag("--augment", flags.augment, "random shifts and left-right flips of the training images, on a prefetch thread (recommended for CIFAR-10)");
   app.add_option("--prefetch-depth", flags.prefetch_depth, "training batches prepared ahead")->check(CLI::Range(int64_t{1}, int64_t{64}))->capture_default_str();
-  app.add_option("--seed", flags.seed, "seed of the weights, the subset, the batch order and the augmentation")->capture_default_str();
+  app.add_option("--seed", flags.seed, "seed of the weights, the subset, the batch order and the augmentation")->check(tl::examples::kSeed)->capture_default_str();
   app.add_option("--device", flags.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")->check(CLI::Range(0, 1024))->capture_default_str();
-  app.add_option("--out", flags.out, "directory for the model and tensorboard/")->capture_default_str();
+  app.add_option("--out", flags.out, "directory for the model and tensorboard/")->check(tl::examples::kOutputDirectory)->capture_default_str();
   if (const auto code = tl::examples::parse(app, argc, argv, kProgram)) return *code;
   torch::Device device(torch::kCPU);
   if (const auto code = tl::examples::parse_device(flags.device, kProgram, device)) return *code;

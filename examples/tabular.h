@@ -11,13 +11,12 @@
 #include <utility>
 #include <vector>
 
+#include "cli.h"  // kUsageError, the number validators
+
 namespace trainloop::examples {
 
 /// scikit-learn's bundled tables, as Debian installs them.
 inline const std::string kSklearnData = "/usr/lib/python3/dist-packages/sklearn/datasets/data/";
-
-/// Exit code for anything wrong on the command line (as the demo).
-constexpr int kUsageError = 2;
 
 /// The table a run reads: the --csv, --label, --drop, --no-header and
 /// --skip-lines flags.

@@ -87,14 +87,14 @@ int main(int argc, char** argv) {
                "tabular_mlp");
   tl::examples::add_table_flags(app, flags.table);
   app.add_option("--test-fraction", flags.test_fraction, "fraction of the rows held out for testing")
-      ->check(CLI::Range(0.01, 0.99))->capture_default_str();
-  app.add_option("--seed", flags.seed, "seed of the split and the initial weights")->capture_default_str();
+      ->check(tl::examples::finite_range(0.01, 0.99))->capture_default_str();
+  app.add_option("--seed", flags.seed, "seed of the split and the initial weights")->check(tl::examples::kSeed)->capture_default_str();
   app.add_option("--epochs", flags.epochs, "full-batch epochs (one Adam update each)")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}))->capture_default_str();
-  app.add_option("--lr", flags.lr, "Adam learning rate")->check(CLI::Range(1e-8, 10.0))->capture_default_str();
+  app.add_option("--lr", flags.lr, "Adam learning rate")->check(tl::examples::finite_range(1e-8, 10.0))->capture_default_str();
   app.add_option("--hidden", flags.hidden, "hidden layer widths, e.g. --hidden 32 16")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}))->capture_default_str();
-  app.add_option("--out", flags.out, "directory for loss.svg, split.csv and model.pt")->capture_default_str();
+  app.add_option("--out", flags.out, "directory for loss.svg, split.csv and model.pt")->check(tl::examples::kOutputDirectory)->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")
       ->check(CLI::Range(0, 1024))->capture_default_str();
   if (const int code = tl::examples::parse_command_line(app, argc, argv); code >= 0) return code;

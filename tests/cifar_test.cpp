@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "support/test_support.h"
 #include "trainloop/error.h"
 
 namespace {
@@ -128,7 +129,13 @@ TEST_F(CifarTest, MissingFile) {
   EXPECT_THAT([&] { read_cifar(path, CifarVariant::cifar10); },
               ThrowsMessage<Error>(HasSubstr(path + ": cannot open: No such file or directory")));
   EXPECT_THAT([&] { read_cifar(dir_.string(), CifarVariant::cifar10); },
-              ThrowsMessage<Error>(HasSubstr(dir_.string() + ": is a directory, expected a file")));
+              ThrowsMessage<Error>(HasSubstr(dir_.string() + ": not a regular file (a directory)")));
+  // Opening a FIFO would wait for a writer: it is refused before the open.
+  const std::filesystem::path fifo = dir_ / "fifo.bin";
+  trainloop::testing_support::make_fifo(fifo);
+  EXPECT_EQ(trainloop::testing_support::error_reading_fifo(
+                fifo, [&] { read_cifar(fifo.string(), CifarVariant::cifar10); }),
+            fifo.string() + ": not a regular file (a FIFO)");
 }
 
 TEST_F(CifarTest, EmptyFile) {

@@ -399,7 +399,7 @@ TEST_F(CsvFileTest, MissingFile) {
               ThrowsMessage<Error>(HasSubstr("cannot open: No such file or directory")));
   EXPECT_THAT([&] { read_csv_table(scratch_.path.string()); },
               ThrowsMessage<Error>(
-                  HasSubstr(scratch_.path.string() + ": read error: Is a directory")));
+                  HasSubstr(scratch_.path.string() + ": not a regular file (a directory)")));
 }
 
 TEST_F(CsvFileTest, ErrorsNameTheFile) {
@@ -434,6 +434,38 @@ TEST_F(CsvFileTest, DecompressionStopsAtTheLimit) {
   EXPECT_EQ(read_csv_table(exact, CsvOptions().max_bytes(4)).dataset.size(), 1);
   EXPECT_THAT([&] { read_csv_table(exact, CsvOptions().max_bytes(3)); },
               ThrowsMessage<Error>(HasSubstr("more than 3 bytes, expected at most that")));
+}
+
+// A .csv.gz that inflates past the limit is refused having held a buffer of
+// 1 MiB, not the limit's worth of text (and, as it grew, twice that).
+TEST_F(CsvFileTest, DecompressionPastTheLimitHoldsLittleMemory) {
+  const std::string bomb = (scratch_.path / "bomb.csv.gz").string();
+  gzFile out = gzopen(bomb.c_str(), "wb9");
+  ASSERT_NE(out, nullptr);
+  const std::string chunk(1 << 20, ',');
+  for (int i = 0; i < 128; ++i) ASSERT_EQ(gzwrite(out, chunk.data(), chunk.size()), 1 << 20);
+  ASSERT_EQ(gzclose(out), Z_OK);
+  std::string message;
+  const int64_t growth = trainloop::testing_support::peak_memory_growth([&] {
+    try {
+      read_csv_table(bomb, CsvOptions().max_bytes(int64_t{64} << 20));
+    } catch (const Error& e) {
+      message = e.what();
+    }
+  });
+  EXPECT_THAT(message, HasSubstr(bomb + ": more than 67108864 bytes after decompression"));
+  ASSERT_GE(growth, 0) << "/proc/self/status or /proc/self/clear_refs is not available";
+  EXPECT_LT(growth, int64_t{16} << 20) << "peak memory grew by " << growth << " bytes";
+}
+
+TEST_F(CsvFileTest, RefusesAFifo) {
+  for (const std::string name : {"fifo.csv", "fifo.csv.gz"}) {
+    const fs::path fifo = scratch_.path / name;
+    trainloop::testing_support::make_fifo(fifo);
+    EXPECT_EQ(trainloop::testing_support::error_reading_fifo(
+                  fifo, [&] { read_csv_table(fifo.string()); }),
+              fifo.string() + ": not a regular file (a FIFO)");
+  }
 }
 
 TEST(SklearnCsvTest, ChecksTheFirstLine) {

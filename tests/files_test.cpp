@@ -59,6 +59,20 @@ TEST(FilesTest, ReadFileReadsWholeFilesAndRefusesOthers) {
               ThrowsMessage<Error>(HasSubstr("nothing: cannot open: No such file or directory")));
 }
 
+// A FIFO where a checkpoint file is expected: opening it would wait for a
+// writer forever, so what it is gets checked first.
+TEST(FilesTest, ReadFileRefusesAFifoAndDevicesWithoutBlocking) {
+  TempDir scratch;
+  const fs::path fifo = scratch.path / "manifest.json";
+  testing_support::make_fifo(fifo);
+  EXPECT_EQ(testing_support::error_reading_fifo(fifo, [&] { read_file(fifo.string(), 100); }),
+            fifo.string() + ": not a regular file (a FIFO)");
+  EXPECT_THAT([&] { read_file("/dev/null", 10); },
+              ThrowsMessage<Error>(HasSubstr("/dev/null: not a regular file (a character device)")));
+  EXPECT_THAT([&] { read_file(scratch.path.string(), 10); },
+              ThrowsMessage<Error>(HasSubstr(": not a regular file (a directory)")));
+}
+
 TEST(FilesTest, SyncPathSyncsFilesAndDirectoriesAndNamesMissingOnes) {
   TempDir scratch;
   write_atomically((scratch.path / "f").string(), "x");

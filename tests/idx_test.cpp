@@ -154,6 +154,22 @@ TEST_F(IdxTest, MissingFile) {
               ThrowsMessage<Error>(HasSubstr("No such file or directory")));
 }
 
+// A FIFO, a device or a directory is refused before an open that could
+// block: opening a FIFO waits for a writer, forever.
+TEST_F(IdxTest, RefusesWhatIsNotARegularFile) {
+  using trainloop::testing_support::error_reading_fifo;
+  for (const std::string name : {"images-idx3-ubyte", "images-idx3-ubyte.gz"}) {
+    const fs::path fifo = scratch_.path / name;
+    trainloop::testing_support::make_fifo(fifo);
+    EXPECT_EQ(error_reading_fifo(fifo, [&] { read_idx(fifo.string()); }),
+              fifo.string() + ": not a regular file (a FIFO)");
+  }
+  EXPECT_THAT([&] { read_idx("/dev/zero"); },
+              ThrowsMessage<Error>(HasSubstr("/dev/zero: not a regular file (a character device)")));
+  EXPECT_THAT([&] { read_idx(scratch_.path.string()); },
+              ThrowsMessage<Error>(HasSubstr(": not a regular file (a directory)")));
+}
+
 TEST_F(IdxTest, WrongMagic) {
   const std::string labels = write_plain("labels", idx_header(0x08, {2}) + std::string{1, 2});
   EXPECT_THAT([&] { read_idx_dataset(labels, labels); },
@@ -214,7 +230,8 @@ TEST_F(IdxTest, CountMismatch) {
   const std::string labels = write_plain("labels", idx_header(0x08, {2}) + std::string(2, 0));
   EXPECT_THAT([&] { read_idx_dataset(images, labels); },
               ThrowsMessage<Error>(
-                  HasSubstr(images + " holds 3 images, but " + labels + " holds 2 labels")));
+                  HasSubstr(images + " holds 3 images, but " + labels +
+                            " holds 2 labels, expected one per image")));
 }
 
 TEST_F(IdxTest, GzNameWithoutGzipData) {
@@ -281,6 +298,44 @@ TEST(IdxDatasetTest, ReadsFashionMnist) {
   }
   EXPECT_TRUE(torch::equal(torch::bincount(train.targets, {}, 10),
                            torch::full({10}, 6000, torch::kLong)));
+}
+
+// fashion_mnist() checks what the files hold, naming the file, where
+// read_idx_dataset takes any size and any label.
+TEST_F(IdxTest, FashionMnistChecksTheContent) {
+  const auto write_set = [&](const std::string& dir, const std::vector<uint32_t>& image_dims,
+                             const std::string& labels) {
+    fs::create_directories(scratch_.path / dir);
+    const std::string prefix = dir + "/";
+    uint64_t pixels = 1;
+    for (const uint32_t d : image_dims) pixels *= d;
+    for (const std::string set : {"train", "t10k"}) {
+      write_gzip(prefix + set + "-images-idx3-ubyte.gz",
+                 idx_header(0x08, image_dims) + std::string(pixels, 0));
+      write_gzip(prefix + set + "-labels-idx1-ubyte.gz",
+                 idx_header(0x08, {static_cast<uint32_t>(labels.size())}) + labels);
+    }
+    return (scratch_.path / dir).string();
+  };
+  const std::string good = write_set("good", {2, 28, 28}, std::string{0, 9});
+  EXPECT_EQ(trainloop::data::fashion_mnist(good).first.size(), 2);
+  const std::string odd = write_set("odd", {2, 27, 29}, std::string{0, 9});
+  EXPECT_THAT([&] { trainloop::data::fashion_mnist(odd); },
+              ThrowsMessage<Error>(HasSubstr(odd + "/train-images-idx3-ubyte.gz: images of "
+                                                   "27\u00d729, expected 28\u00d728")));
+  std::string labels(6, 1);
+  labels[5] = static_cast<char>(200);
+  const std::string bad_label = write_set("label", {6, 28, 28}, labels);
+  EXPECT_THAT([&] { trainloop::data::fashion_mnist(bad_label); },
+              ThrowsMessage<Error>(HasSubstr(bad_label + "/train-labels-idx1-ubyte.gz: label 200 "
+                                                         "at index 5, expected 0 to 9")));
+  const std::string short_labels = write_set("count", {3, 28, 28}, std::string{0, 9});
+  EXPECT_THAT([&] { trainloop::data::fashion_mnist(short_labels); },
+              ThrowsMessage<Error>(HasSubstr("holds 3 images, but " + short_labels +
+                                             "/train-labels-idx1-ubyte.gz holds 2 labels")));
+  // The generic reader takes any image size and label.
+  EXPECT_EQ(read_idx_dataset(odd + "/train-images-idx3-ubyte.gz",
+                             odd + "/train-labels-idx1-ubyte.gz").size(), 2);
 }
 
 TEST(IdxDatasetTest, FashionMnistNamesMissingFile) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -245,6 +246,40 @@ TEST_F(PlotTest, CsvLogErrorsNameFileLineAndColumn) {
   EXPECT_THAT([&] { plot_csv_log(missing, svg); },
               ThrowsMessage<Error>(HasSubstr(missing + ": cannot open")));
   EXPECT_FALSE(fs::exists(svg));
+}
+
+// A 16 MB file of one line: refused at the record limit having held about
+// that much, not the file and millions of cells (a 100 MB line took 3 GB).
+TEST_F(PlotTest, CsvLogWithAHugeLineStopsAtTheLimitWithLittleMemory) {
+  const std::string svg = (directory / "x.svg").string();
+  std::string line(size_t{16} << 20, ',');
+  line.replace(0, 6, "epoch,");
+  const std::string path = write("wide.csv", line).string();
+  line = std::string();
+  std::string message;
+  const int64_t growth = testing_support::peak_memory_growth([&] {
+    try {
+      plot_csv_log(path, svg);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+  });
+  EXPECT_EQ(message, path + ":1: more than 10000 cells, expected at most that (a CSV log)");
+  ASSERT_GE(growth, 0) << "/proc/self/status or /proc/self/clear_refs is not available";
+  EXPECT_LT(growth, int64_t{16} << 20) << "peak memory grew by " << growth << " bytes";
+  const std::string long_cell =
+      write("long.csv", "epoch,phase," + std::string(size_t{2} << 20, 'x') + "\n").string();
+  EXPECT_THAT([&] { plot_csv_log(long_cell, svg); },
+              ThrowsMessage<Error>(HasSubstr(
+                  long_cell + ":1: a record of more than 1048576 bytes, expected at most that")));
+}
+
+TEST_F(PlotTest, CsvLogThatIsAFifoIsRefusedWithoutBlocking) {
+  const fs::path fifo = directory / "log.csv";
+  testing_support::make_fifo(fifo);
+  EXPECT_EQ(testing_support::error_reading_fifo(
+                fifo, [&] { plot_csv_log(fifo.string(), (directory / "x.svg").string()); }),
+            fifo.string() + ": not a regular file (a FIFO)");
 }
 
 TEST_F(PlotTest, CommandLineTool) {

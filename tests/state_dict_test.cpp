@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -14,6 +15,7 @@
 #include "../src/io/pickle_check.h"
 #include "../src/io/zip_check.h"
 #include "support/test_support.h"
+#include "trainloop/checkpoint.h"
 #include "trainloop/error.h"
 
 namespace trainloop::io {
@@ -107,6 +109,23 @@ TEST(StateDictTest, WhatPythonWritesReadsAsPythonReadsIt) {
   const auto mixed = by_name(read_state_dict(read_text(scratch.path / "an_integer.pt")));
   EXPECT_EQ(mixed.at("weight").problem, "");
   EXPECT_EQ(mixed.at("epoch").problem, "is an int, expected a tensor");
+  // torch.save(..., _use_new_zipfile_serialization=False): named, with the
+  // way out, rather than "no end-of-central-directory record".
+  const std::string legacy = (scratch.path / "legacy_format.pt").string();
+  EXPECT_THAT([&] { load_tensors(legacy); },
+              ThrowsMessage<Error>(HasSubstr(
+                  legacy + ": not a dict of tensors that torch can read: PyTorch's legacy format "
+                           "(torch.save before PyTorch 1.6, or _use_new_zipfile_serialization="
+                           "False), not a zip archive: load it in Python and save it again with "
+                           "torch.save's default format")));
+}
+
+TEST(StateDictTest, LoadTensorsRefusesAFifoWithoutBlocking) {
+  const testing_support::TempDir scratch;
+  const std::filesystem::path fifo = scratch.path / "weights.pt";
+  testing_support::make_fifo(fifo);
+  EXPECT_EQ(testing_support::error_reading_fifo(fifo, [&] { load_tensors(fifo.string()); }),
+            fifo.string() + ": not a regular file (a FIFO)");
 }
 
 // fuzz/corpus/weights/python_state_dict.pt with the weight's shape made

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "trainloop/data/epochs.h"
 #include "trainloop/error.h"
 
@@ -21,6 +22,8 @@ using testing::HasSubstr;
 using testing::ThrowsMessage;
 using trainloop::Error;
 using trainloop::data::decode;
+using trainloop::data::read_text;
+namespace testing_support = trainloop::testing_support;
 using trainloop::data::text_dataset;
 using trainloop::data::text_windows;
 using trainloop::data::TextOptions;
@@ -167,13 +170,22 @@ TEST_F(TextTest, MissingFile) {
               ThrowsMessage<Error>(HasSubstr("no files given")));
 }
 
+TEST_F(TextTest, RefusesAFifo) {
+  const fs::path fifo = dir_ / "fifo.txt";
+  testing_support::make_fifo(fifo);
+  EXPECT_EQ(testing_support::error_reading_fifo(fifo, [&] { read_text({fifo.string()}); }),
+            fifo.string() + ": not a regular file (a FIFO)");
+}
+
 TEST_F(TextTest, TextShorterThanAWindowAndItsTarget) {
   const std::string path = write("short.txt", "abcd");
   EXPECT_THAT([&] { text_dataset({path}, TextOptions(4)); },
               ThrowsMessage<Error>(HasSubstr(path + ": 4 bytes, expected at least 4 + 1")));
   const std::string empty = write("empty.txt", "");
   EXPECT_THAT([&] { text_dataset({empty}, TextOptions(4).compact_vocabulary(true)); },
-              ThrowsMessage<Error>(HasSubstr(empty + ": 0 bytes, expected at least 4 + 1")));
+              ThrowsMessage<Error>(HasSubstr(empty + ": empty file, expected text")));
+  EXPECT_THAT([&] { read_text({write("a.txt", "some text"), empty}); },
+              ThrowsMessage<Error>(HasSubstr(empty + ": empty file, expected text")));
   // Several files are named together: the windows run across them.
   std::vector<std::string> many;
   for (int i = 0; i < 5; ++i) many.push_back(write("f" + std::to_string(i), "x"));

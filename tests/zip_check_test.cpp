@@ -71,6 +71,28 @@ TEST(ZipCheckTest, ArchivesTorchWritesPass) {
   EXPECT_EQ(zip_archive_fault(python), "");
 }
 
+// torch.save before PyTorch 1.6 (or with _use_new_zipfile_serialization=False)
+// starts with its magic number pickled: named, with the way out. The bytes
+// are those torch 1.13 writes (tests/python/write_state_dicts.py makes such
+// a file for state_dict_test).
+TEST(ZipCheckTest, NamesPyTorchsLegacyFormat) {
+  const std::string legacy("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+                           "\x2e\x80\x02\x4d\xe9\x03.",
+                           21);
+  const std::string expected =
+      "PyTorch's legacy format (torch.save before PyTorch 1.6, or "
+      "_use_new_zipfile_serialization=False), not a zip archive: load it in Python and save it "
+      "again with torch.save's default format";
+  EXPECT_EQ(zip_archive_fault(legacy), expected);
+  std::string tar(1024, '\0');
+  tar.replace(257, 5, "ustar");
+  EXPECT_EQ(zip_archive_fault(tar), expected);
+  // The magic number pickled with another protocol is no torch file.
+  std::string other = legacy;
+  other[1] = '\x04';
+  EXPECT_EQ(zip_archive_fault(other), "no end-of-central-directory record");
+}
+
 TEST(ZipCheckTest, NoEndRecord) {
   EXPECT_EQ(zip_archive_fault(""), "no end-of-central-directory record");
   EXPECT_EQ(zip_archive_fault("not a zip archive at all, just text"),

@@ -6,13 +6,15 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <map>
-#include <sstream>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "../io/files.h"
 #include "../svg/line_chart.h"
@@ -140,70 +142,133 @@ struct Cell {
   size_t line;  // 1-based line where the cell starts
 };
 
+// A CSV log's rows are short; a file beyond these is no log, and reading its
+// records whole would take memory in proportion to its longest line.
+constexpr size_t kMaxRecordBytes = size_t{1} << 20;
+constexpr size_t kMaxCells = 10000;
+constexpr size_t kBufferBytes = size_t{64} << 10;
+
 // An RFC 4180 reader: cells separated by commas, records by LF or CRLF,
-// quoted cells may hold commas, line breaks and doubled quotes.
+// quoted cells may hold commas, line breaks and doubled quotes. Streams the
+// file through a small buffer, so memory is one record's, at most
+// kMaxRecordBytes, whatever the file's size.
 class CsvReader {
  public:
-  CsvReader(std::string path, std::string text) : path_(std::move(path)), text_(std::move(text)) {}
+  CsvReader(std::string path, std::FILE* file) : path_(std::move(path)), file_(file) {}
 
-  // The next record, or false at the end of the text.
+  // The next record, or false at the end of the file.
   bool next(std::vector<Cell>& record, size_t& line) {
     record.clear();
-    if (at_ >= text_.size()) return false;
+    if (peek() == EOF) return false;
     line = line_;
+    record_line_ = line_;
+    record_bytes_ = 0;
     for (;;) {
+      if (record.size() == kMaxCells) {
+        throw Error(fmt::format("{}:{}: more than {} cells, expected at most that (a CSV log)",
+                                path_, record_line_, kMaxCells));
+      }
       Cell cell{std::string(), line_};
-      if (at_ < text_.size() && text_[at_] == '"') {
+      if (peek() == '"') {
         const size_t column = record.size() + 1;
-        ++at_;
+        get();
         for (;;) {
-          if (at_ >= text_.size()) {
+          const int c = get();
+          if (c == EOF) {
             throw Error(fmt::format("{}:{}:{}: quoted cell is never closed", path_, cell.line,
                                     column));
           }
-          const char c = text_[at_++];
           if (c == '"') {
-            if (at_ < text_.size() && text_[at_] == '"') {
+            if (peek() == '"') {
               cell.text += '"';
-              ++at_;
+              get();
             } else {
               break;
             }
           } else {
             if (c == '\n') ++line_;
-            cell.text += c;
+            cell.text += static_cast<char>(c);
           }
         }
-        if (at_ < text_.size() && !is_end(text_[at_])) {
+        if (peek() != EOF && !is_end(peek())) {
           throw Error(fmt::format("{}:{}:{}: text after the closing quote", path_, line_, column));
         }
       } else {
-        while (at_ < text_.size() && !is_end(text_[at_])) {
-          if (text_[at_] == '"') {
+        while (peek() != EOF && !is_end(peek())) {
+          if (peek() == '"') {
             throw Error(fmt::format("{}:{}:{}: quote inside an unquoted cell", path_, line_,
                                     record.size() + 1));
           }
-          cell.text += text_[at_++];
+          cell.text += static_cast<char>(get());
         }
       }
       record.push_back(std::move(cell));
-      if (at_ >= text_.size()) return true;
-      const char c = text_[at_++];
+      const int c = get();
+      if (c == EOF) return true;
       if (c == ',') continue;
-      if (c == '\r' && at_ < text_.size() && text_[at_] == '\n') ++at_;
+      if (c == '\r' && peek() == '\n') get();
       ++line_;
       return true;
     }
   }
 
  private:
-  static bool is_end(char c) { return c == ',' || c == '\n' || c == '\r'; }
+  static bool is_end(int c) { return c == ',' || c == '\n' || c == '\r'; }
+
+  int peek() {
+    if (at_ == end_ && !fill()) return EOF;
+    return static_cast<unsigned char>(buffer_[at_]);
+  }
+
+  // Takes the next byte, counting it against the record's limit.
+  int get() {
+    const int c = peek();
+    if (c == EOF) return c;
+    ++at_;
+    if (++record_bytes_ > kMaxRecordBytes) {
+      throw Error(fmt::format("{}:{}: a record of more than {} bytes, expected at most that "
+                              "(a CSV log's row)",
+                              path_, record_line_, kMaxRecordBytes));
+    }
+    return c;
+  }
+
+  bool fill() {
+    if (buffer_.empty()) buffer_.resize(kBufferBytes);
+    at_ = 0;
+    end_ = std::fread(buffer_.data(), 1, buffer_.size(), file_);
+    if (end_ == 0 && std::ferror(file_)) {
+      throw Error(fmt::format("{}: read error: {}", path_, std::strerror(errno)));
+    }
+    return end_ > 0;
+  }
 
   std::string path_;
-  std::string text_;
+  std::FILE* file_;
+  std::vector<char> buffer_;
   size_t at_ = 0;
+  size_t end_ = 0;
   size_t line_ = 1;
+  size_t record_line_ = 1;
+  size_t record_bytes_ = 0;
 };
+
+struct FileCloser {
+  void operator()(std::FILE* file) const { std::fclose(file); }
+};
+
+// The log, opened for reading; a FIFO or a device is refused before an open
+// that could block.
+std::unique_ptr<std::FILE, FileCloser> open_log(const std::string& path) {
+  const int fd = io::open_regular_file(path);
+  std::unique_ptr<std::FILE, FileCloser> file(fdopen(fd, "rb"));
+  if (!file) {
+    const int error = errno;
+    ::close(fd);
+    throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(error)));
+  }
+  return file;
+}
 
 double parse_number(const std::string& text, bool& ok) {
   // from_chars is locale-independent and reads "nan", "inf" and "-inf" as
@@ -218,11 +283,8 @@ double parse_number(const std::string& text, bool& ok) {
 }
 
 History read_csv_log(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  CsvReader reader(path, buffer.str());
+  const auto file = open_log(path);
+  CsvReader reader(path, file.get());
 
   constexpr const char* kExpected = "expected a header starting epoch,batch,phase,step,lr";
   std::vector<Cell> header;

@@ -5,11 +5,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
-#include <system_error>
 
+#include <unistd.h>
+
+#include "../io/files.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data::detail {
@@ -24,15 +25,13 @@ struct FileCloser {
 }  // namespace
 
 std::string read_file_bytes(const std::string& path) {
-  // fopen succeeds on a directory and only the first read fails (EISDIR);
-  // saying so up front reads better.
-  std::error_code ignored;
-  if (std::filesystem::is_directory(path, ignored)) {
-    throw Error(fmt::format("{}: is a directory, expected a file", path));
-  }
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
+  // A directory, a FIFO or a device is refused before any open that could block.
+  const int fd = io::open_regular_file(path);
+  std::unique_ptr<std::FILE, FileCloser> file(fdopen(fd, "rb"));
   if (file == nullptr) {
-    throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+    const int error = errno;
+    ::close(fd);
+    throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(error)));
   }
   std::string bytes;
   for (;;) {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../io/files.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data {
@@ -37,14 +39,19 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 class Reader {
  public:
   explicit Reader(const std::string& path) : path_(path) {
-    if (!ends_with(path, ".gz")) {
-      file_ = std::fopen(path.c_str(), "rb");
-      if (file_ == nullptr) throw open_error();
-      return;
+    // Refuses a FIFO or a device before an open that could block.
+    const int fd = io::open_regular_file(path);
+    if (ends_with(path, ".gz")) {
+      check_gzip_magic(fd);
+      gz_ = gzdopen(fd, "rb");
+    } else {
+      file_ = fdopen(fd, "rb");
     }
-    check_gzip_magic();
-    gz_ = gzopen(path.c_str(), "rb");
-    if (gz_ == nullptr) throw open_error();
+    if (file_ == nullptr && gz_ == nullptr) {
+      const int error = errno;
+      ::close(fd);
+      throw Error(fmt::format("{}: cannot open: {}", path_, std::strerror(error)));
+    }
   }
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
@@ -68,23 +75,19 @@ class Reader {
   }
 
  private:
-  Error open_error() const {
-    return Error(fmt::format("{}: cannot open: {}", path_, std::strerror(errno)));
-  }
-
   // gzopen reads a non-gzip file as plain data without complaint; a file
   // named .gz that is not gzip is more likely a mistake than intended.
-  void check_gzip_magic() const {
-    std::FILE* file = std::fopen(path_.c_str(), "rb");
-    if (file == nullptr) throw open_error();
+  void check_gzip_magic(int fd) const {
     std::array<unsigned char, 2> magic{};
-    const size_t got = std::fread(magic.data(), 1, magic.size(), file);
-    std::fclose(file);
+    const ssize_t read = ::pread(fd, magic.data(), magic.size(), 0);
+    const size_t got = read < 0 ? 0 : static_cast<size_t>(read);
     if (got < magic.size()) {
+      ::close(fd);
       throw Error(fmt::format("{}: not a gzip file ({} bytes long, expected the gzip magic 1f 8b)",
                               path_, got));
     }
     if (magic[0] != 0x1f || magic[1] != 0x8b) {
+      ::close(fd);
       throw Error(fmt::format("{}: not a gzip file (starts with {:02x} {:02x}, expected 1f 8b)",
                               path_, magic[0], magic[1]));
     }
@@ -106,9 +109,11 @@ class Reader {
     // caller then reports the shortfall, so only the other errors stop here.
     if (got < 0 || (code != Z_OK && code != Z_BUF_ERROR)) {
       std::string text = code == Z_ERRNO ? std::strerror(errno) : message;
-      // zlib prefixes its message with the path, which ours already names.
-      const std::string prefix = path_ + ": ";
-      if (text.compare(0, prefix.size(), prefix) == 0) text.erase(0, prefix.size());
+      // zlib prefixes its message with where it reads, "<fd:3>" after gzdopen;
+      // ours already names the path.
+      if (text.rfind("<fd:", 0) == 0 && text.find(">: ") != std::string::npos) {
+        text.erase(0, text.find(">: ") + 3);
+      }
       throw Error(fmt::format("{}: gzip error: {}", path_, text));
     }
     return static_cast<size_t>(got);
@@ -279,15 +284,55 @@ std::string find_file(const std::string& directory, const std::string& name) {
 
 torch::Tensor read_idx(const std::string& path) { return read_idx_checked(path, std::nullopt); }
 
-TensorDataset read_idx_dataset(const std::string& images_path, const std::string& labels_path) {
-  const torch::Tensor images = read_idx_checked(images_path, kImageMagic);
-  const torch::Tensor labels = read_idx_checked(labels_path, kLabelMagic);
+namespace {
+
+// Images and labels as stored (uint8), one label per image.
+std::pair<torch::Tensor, torch::Tensor> read_images_and_labels(const std::string& images_path,
+                                                               const std::string& labels_path) {
+  torch::Tensor images = read_idx_checked(images_path, kImageMagic);
+  torch::Tensor labels = read_idx_checked(labels_path, kLabelMagic);
   if (images.size(0) != labels.size(0)) {
-    throw Error(fmt::format("{} holds {} images, but {} holds {} labels", images_path,
-                            images.size(0), labels_path, labels.size(0)));
+    throw Error(fmt::format("{} holds {} images, but {} holds {} labels, expected one per image",
+                            images_path, images.size(0), labels_path, labels.size(0)));
   }
+  return {std::move(images), std::move(labels)};
+}
+
+TensorDataset to_dataset(const torch::Tensor& images, const torch::Tensor& labels) {
   return TensorDataset(images.to(torch::kFloat32).div_(255).unsqueeze(1),
                        labels.to(torch::kInt64));
+}
+
+// Fashion-MNIST's content: 28×28 images and the classes 0 to 9, so a wrong
+// file fails here, naming itself, not later as a shape error inside a model.
+void check_fashion_mnist(const std::string& images_path, const torch::Tensor& images,
+                         const std::string& labels_path, const torch::Tensor& labels) {
+  constexpr int64_t kSide = 28;
+  constexpr int64_t kClasses = 10;
+  if (images.size(1) != kSide || images.size(2) != kSide) {
+    throw Error(fmt::format("{}: images of {}\u00d7{}, expected {}\u00d7{} (Fashion-MNIST)",
+                            images_path, images.size(1), images.size(2), kSide, kSide));
+  }
+  const auto* label = labels.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    if (label[i] >= kClasses) {
+      throw Error(fmt::format("{}: label {} at index {}, expected 0 to {} (Fashion-MNIST)",
+                              labels_path, static_cast<int>(label[i]), i, kClasses - 1));
+    }
+  }
+}
+
+TensorDataset read_fashion_mnist(const std::string& images_path, const std::string& labels_path) {
+  const auto [images, labels] = read_images_and_labels(images_path, labels_path);
+  check_fashion_mnist(images_path, images, labels_path, labels);
+  return to_dataset(images, labels);
+}
+
+}  // namespace
+
+TensorDataset read_idx_dataset(const std::string& images_path, const std::string& labels_path) {
+  const auto [images, labels] = read_images_and_labels(images_path, labels_path);
+  return to_dataset(images, labels);
 }
 
 std::pair<TensorDataset, TensorDataset> fashion_mnist(const std::string& directory) {
@@ -297,8 +342,8 @@ std::pair<TensorDataset, TensorDataset> fashion_mnist(const std::string& directo
   const std::string train_labels = find_file(directory, "train-labels-idx1-ubyte");
   const std::string test_images = find_file(directory, "t10k-images-idx3-ubyte");
   const std::string test_labels = find_file(directory, "t10k-labels-idx1-ubyte");
-  TensorDataset train = read_idx_dataset(train_images, train_labels);
-  TensorDataset test = read_idx_dataset(test_images, test_labels);
+  TensorDataset train = read_fashion_mnist(train_images, train_labels);
+  TensorDataset test = read_fashion_mnist(test_images, test_labels);
   return {std::move(train), std::move(test)};
 }
 

@@ -130,7 +130,13 @@ TensorDataset text_windows(std::string_view text, const TextOptions& options,
 std::string read_text(const std::vector<std::string>& paths) {
   if (paths.empty()) throw Error("read_text: no files given, expected at least one path");
   std::string text;
-  for (const std::string& path : paths) text += detail::read_file_bytes(path);
+  for (const std::string& path : paths) {
+    const std::string bytes = detail::read_file_bytes(path);
+    // Said here, where the file is known: later, an empty text is only "0
+    // bytes" of all the files together.
+    if (bytes.empty()) throw Error(fmt::format("{}: empty file, expected text", path));
+    text += bytes;
+  }
   return text;
 }
 

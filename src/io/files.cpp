@@ -31,7 +31,41 @@ int write_all(int fd, std::string_view bytes) {
   return 0;
 }
 
+// What a file that is not a regular one is, for the error message.
+const char* kind_of(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a file";
+}
+
+Error not_regular(const std::string& path, mode_t mode) {
+  return Error(fmt::format("{}: not a regular file ({})", path, kind_of(mode)));
+}
+
 }  // namespace
+
+int open_regular_file(const std::string& path) {
+  // stat never blocks, where open of a FIFO waits for a writer.
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) {
+    throw Error(fmt::format("{}: cannot open: {}", path, error_text(errno)));
+  }
+  if (!S_ISREG(info.st_mode)) throw not_regular(path, info.st_mode);
+  // O_NONBLOCK: should a FIFO have taken the file's place since the stat, the
+  // open still returns, and the fstat below refuses it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, error_text(errno)));
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    ::close(fd);
+    throw not_regular(path, info.st_mode);
+  }
+  // Reads of a regular file ignore O_NONBLOCK; cleared all the same.
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
 
 void sync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -77,12 +111,12 @@ void write_atomically(const std::string& path, std::string_view bytes, bool dura
 }
 
 std::string read_file(const std::string& path, size_t max_bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, error_text(errno)));
+  const int fd = open_regular_file(path);
   struct stat info {};
-  if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+  if (::fstat(fd, &info) != 0) {
+    const int error = errno;
     ::close(fd);
-    throw Error(fmt::format("{}: not a regular file", path));
+    throw Error(fmt::format("{}: cannot read: {}", path, error_text(error)));
   }
   const auto size = static_cast<size_t>(info.st_size);
   if (size > max_bytes) {

@@ -20,6 +20,13 @@ void write_atomically(const std::string& path, std::string_view bytes, bool dura
 /// Throws `Error` naming `path` on failure.
 void sync_path(const std::string& path);
 
+/// Opens the regular file at `path` for reading and returns its descriptor.
+/// What `path` is gets checked before the open, and again on the open
+/// descriptor, so a FIFO, a device or a socket is refused at once instead of
+/// blocking the open (or the first read) forever. Throws `Error` naming the
+/// file: "x.pt: not a regular file (a FIFO)", "…: cannot open: …".
+int open_regular_file(const std::string& path);
+
 /// The contents of the regular file at `path`. Throws `Error` naming the file
 /// when it is missing, not a regular file, unreadable, or larger than
 /// `max_bytes` (so a wrong path never makes an absurd allocation).

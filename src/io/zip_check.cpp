@@ -78,8 +78,27 @@ std::optional<uint64_t> find_end_record(const Reader& in) {
   return std::nullopt;
 }
 
-Directory read_directory(const Reader& in) {
+// What torch.save wrote before PyTorch 1.6 (or with
+// _use_new_zipfile_serialization=False): pickles one after another, the
+// first the magic number 0x1950a86a20f9469cfc6c as a pickled long (PROTO 2,
+// LONG1 of 10 bytes, little-endian); or, older still, a tar archive.
+bool is_legacy_torch_save(std::string_view bytes) {
+  constexpr std::string_view kLegacyMagic("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19",
+                                          14);
+  constexpr std::string_view kTarMagic("ustar", 5);
+  constexpr size_t kTarMagicOffset = 257;
+  return bytes.substr(0, kLegacyMagic.size()) == kLegacyMagic ||
+         (bytes.size() > kTarMagicOffset && bytes.substr(kTarMagicOffset, 5) == kTarMagic);
+}
+
+Directory read_directory(const Reader& in, std::string_view bytes) {
   const auto end = find_end_record(in);
+  if (!end && is_legacy_torch_save(bytes)) {
+    in.fail(
+        "PyTorch's legacy format (torch.save before PyTorch 1.6, or "
+        "_use_new_zipfile_serialization=False), not a zip archive: load it in Python and save it "
+        "again with torch.save's default format");
+  }
   if (!end) in.fail("no end-of-central-directory record");
   if (in.at<uint16_t>(*end + 4, "disk number") != 0 ||
       in.at<uint16_t>(*end + 6, "directory disk") != 0) {
@@ -161,7 +180,7 @@ std::string folded_case(std::string_view name) {
 
 std::string zip_archive_fault(std::string_view bytes, std::vector<ZipEntry>* entries) try {
   const Reader in(bytes);
-  const Directory directory = read_directory(in);
+  const Directory directory = read_directory(in, bytes);
   uint64_t at = directory.offset;
   const uint64_t directory_end = directory.offset + directory.size;
   std::map<std::string, uint64_t, std::less<>> record_sizes;

@@ -4,7 +4,8 @@ Usage: write_state_dicts.py DIR
 
 Each NAME.pt goes with NAME.json, what its entries hold as Python reads them
 back: {entry: {"shape": [...], "dtype": "float32", "values": [...]}}. The
-hostile files (a call of os.system, a list, non-string keys) have no JSON.
+hostile files (a call of os.system, a list, non-string keys) and the file in
+the legacy (pre-1.6) format have no JSON.
 """
 import collections
 import json
@@ -65,6 +66,9 @@ def main():
     torch.save([torch.zeros(2)], os.path.join(directory, "a_list.pt"))
     torch.save({1: torch.zeros(2)}, os.path.join(directory, "integer_keys.pt"))
     torch.save({"weight": torch.zeros(2), "epoch": 3}, os.path.join(directory, "an_integer.pt"))
+    # PyTorch's format before 1.6: pickles, no zip archive.
+    torch.save({"weight": torch.zeros(2)}, os.path.join(directory, "legacy_format.pt"),
+               _use_new_zipfile_serialization=False)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,24 @@
 // Helpers shared by test files: scratch directories, whole-file reads, and
 // the independent TensorBoard reader. Header-only, for tests alone.
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdint>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <string>
+#include <thread>
 
 namespace trainloop::testing_support {
 
@@ -66,6 +75,58 @@ inline CommandResult tfevents_tsv(const std::filesystem::path& directory) {
   return run_command(fmt::format("'{}' '{}' --strict --tsv '{}'", TRAINLOOP_PYTHON,
                                  TRAINLOOP_SOURCE_DIR "/tests/python/tfevents.py",
                                  directory.string()));
+}
+
+/// A field of /proc/self/status in bytes ("VmRSS", "VmHWM"), or -1.
+inline int64_t proc_status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  }
+  return -1;
+}
+
+/// How far the process's resident memory rose, at its peak, above its level
+/// before `work` ran, in bytes; -1 when the kernel cannot say. The peak
+/// (VmHWM) is reset first, through /proc/self/clear_refs.
+template <class Work>
+int64_t peak_memory_growth(Work work) {
+  const int64_t before = proc_status_bytes("VmRSS");
+  if (!(std::ofstream("/proc/self/clear_refs") << "5" << std::flush)) return -1;
+  work();
+  const int64_t peak = proc_status_bytes("VmHWM");
+  return before < 0 || peak < 0 ? -1 : peak - before;
+}
+
+/// Makes a FIFO at `path` (failing the test if it cannot).
+inline void make_fifo(const std::filesystem::path& path) {
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0) << path << ": " << std::strerror(errno);
+}
+
+/// What `read` throws, or "(no error)", run on another thread so a reader
+/// that blocks on the FIFO at `fifo` fails the test instead of hanging it:
+/// after 10 s the FIFO's writing end is opened and closed, which lets a
+/// blocked open (or read) return.
+template <class Read>
+std::string error_reading_fifo(const std::filesystem::path& fifo, Read read) {
+  auto result = std::async(std::launch::async, [&read]() -> std::string {
+    try {
+      read();
+      return "(no error)";
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+  });
+  if (result.wait_for(std::chrono::seconds(10)) == std::future_status::timeout) {
+    ADD_FAILURE() << fifo << ": the reader blocked on the FIFO";
+    while (result.wait_for(std::chrono::milliseconds(10)) == std::future_status::timeout) {
+      // ENXIO until a reader has the FIFO open.
+      const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  return result.get();
 }
 
 }  // namespace trainloop::testing_support

@@ -24,7 +24,9 @@ TRAINLOOP_API TensorDataset read_idx_dataset(const std::string& images_path,
 
 /// Fashion-MNIST (or MNIST) from a directory holding
 /// `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`, e.g. Debian's
-/// /usr/share/datasets/fashion-mnist. Returns (train, test).
+/// /usr/share/datasets/fashion-mnist. Returns (train, test). Checks the
+/// content too: 28×28 images, labels 0 to 9, one label per image; an `Error`
+/// names the file and what was expected.
 TRAINLOOP_API std::pair<TensorDataset, TensorDataset> fashion_mnist(const std::string& directory);
 
 }  // namespace trainloop::data

@@ -80,8 +80,9 @@ TRAINLOOP_API TensorDataset text_windows(std::string_view text, const TextOption
                                          const Vocabulary& vocabulary = Vocabulary());
 
 /// The bytes of the files in `paths`, concatenated in the order given.
-/// Throws `Error` naming a file that is missing or unreadable, or when
-/// `paths` is empty.
+/// Throws `Error` naming a file that is missing, unreadable, empty or not a
+/// regular file (a FIFO is refused before it is opened), or when `paths` is
+/// empty.
 TRAINLOOP_API std::string read_text(const std::vector<std::string>& paths);
 
 /// A text dataset and the vocabulary its ids belong to.
