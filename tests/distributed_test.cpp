@@ -116,7 +116,51 @@ TEST_F(EnvironmentTest, NumbersMustBeWholeNumbers) {
               ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is \"2x\", expected a whole number")));
   set_job("0", "0");
   EXPECT_THAT([] { distributed::read_environment(); },
-              ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is 0, expected 1 or more")));
+              ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is 0, expected 1 to 65536 processes")));
+}
+
+// A mistyped WORLD_SIZE is refused before anything is sized by it (it once
+// grew to 9.7 GB); so are numbers beyond int64_t and out-of-range ones of
+// every other variable, each naming its range.
+TEST_F(EnvironmentTest, EveryNumberIsBounded) {
+  set_job("0", "99999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "WORLD_SIZE is 99999999999, expected 1 to 65536 processes")));
+  set_job("0", "999999999999999999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "WORLD_SIZE is 999999999999999999999999, expected 1 to 65536 processes")));
+  set_job("0", "65537");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is 65537, expected 1 to 65536")));
+  set_job("99999999999999999999", "2");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "RANK is 99999999999999999999, expected 0 to 1 (WORLD_SIZE is 2)")));
+  set_job("1", "2");
+  set("MASTER_PORT", "99999999999999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("MASTER_PORT is 99999999999999999999, expected 1 to "
+                                             "65535 (the TCP port rank 0 listens on)")));
+  set("MASTER_PORT", "29500");
+  set("LOCAL_WORLD_SIZE", "99999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("LOCAL_WORLD_SIZE is 99999999999, expected 1 to 2")));
+  set("LOCAL_WORLD_SIZE", "1");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("LOCAL_RANK is not set and RANK 1 is not below "
+                                             "LOCAL_WORLD_SIZE 1; set LOCAL_RANK")));
+  set("LOCAL_RANK", "-99999999999999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "LOCAL_RANK is -99999999999999999999, expected 0 to 0 (LOCAL_WORLD_SIZE is 1)")));
+  unsetenv("LOCAL_RANK");
+  unsetenv("LOCAL_WORLD_SIZE");
+  set_job("65535", "65536");
+  const auto largest = distributed::read_environment();
+  ASSERT_TRUE(largest.has_value());
+  EXPECT_EQ(largest->world_size, distributed::max_world_size);
 }
 
 TEST_F(EnvironmentTest, RankAndWorldSizeComeTogether) {
@@ -136,7 +180,7 @@ TEST_F(EnvironmentTest, MasterAddressAndPortAreRequired) {
               ThrowsMessage<Error>(HasSubstr("MASTER_PORT is not set")));
   set("MASTER_PORT", "70000");
   EXPECT_THAT([] { distributed::read_environment(); },
-              ThrowsMessage<Error>(HasSubstr("MASTER_PORT is 70000, expected a TCP port")));
+              ThrowsMessage<Error>(HasSubstr("MASTER_PORT is 70000, expected 1 to 65535")));
   set("MASTER_PORT", "29500");
   unsetenv("MASTER_ADDR");
   EXPECT_THAT([] { distributed::read_environment(); },

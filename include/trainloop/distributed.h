@@ -26,6 +26,14 @@ enum class Backend {
   nccl,       ///< CUDA tensors, one GPU per process (builds against a CUDA LibTorch only)
 };
 
+/// The most processes a job may have (WORLD_SIZE). c10d's largest jobs run
+/// tens of thousands of ranks (NCCL); Gloo's own rendezvous already takes
+/// minutes at a few thousand (pytorch/gloo#408). Everything sized by the
+/// world size (a Gloo pair per peer, `all_gather`'s outputs, the TCPStore's
+/// connections) stays small below this bound, and a mistyped WORLD_SIZE
+/// (say 99999999999) fails at once instead of allocating gigabytes.
+inline constexpr int64_t max_world_size = 65536;
+
 /// Where this process stands in a job of several, as `torchrun` describes it
 /// in environment variables.
 struct Environment {
@@ -46,8 +54,9 @@ struct Environment {
 /// LOCAL_RANK and LOCAL_WORLD_SIZE. Returns nothing for a process on its own:
 /// neither RANK nor WORLD_SIZE set, or WORLD_SIZE 1 (with RANK 0 or unset).
 /// Throws `Error` naming the variable, what it holds and what was expected
-/// for a missing or inconsistent one, e.g.
-/// `RANK is 2, expected 0 to 1 (WORLD_SIZE is 2)`.
+/// for a missing, out-of-range or inconsistent one, e.g.
+/// `RANK is 2, expected 0 to 1 (WORLD_SIZE is 2)` or
+/// `WORLD_SIZE is 99999999999, expected 1 to 65536 processes`.
 TRAINLOOP_API std::optional<Environment> read_environment();
 
 /// Settings for `init` and `ProcessGroup`.
