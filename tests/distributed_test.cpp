@@ -215,15 +215,122 @@ TEST(ProcessGroupTest, UnreachableMasterFailsWithinTheTimeout) {
 }
 
 TEST(ProcessGroupTest, RankThatNeverArrivesFailsWithinTheTimeout) {
+  const int port = free_port();
   const auto start = Clock::now();
   EXPECT_THAT(
       [&] {
-        distributed::ProcessGroup group(local_environment(0, 2, free_port()),
+        distributed::ProcessGroup group(local_environment(0, 2, port),
                                         distributed::Options().timeout(std::chrono::seconds(1)));
       },
-      ThrowsMessage<Error>(HasSubstr("rank 0 of 2 could not connect to every other rank (gloo) "
-                                     "within 1 s (did all 2 start")));
+      ThrowsMessage<Error>(HasSubstr(fmt::format(
+          "distributed: rank 0 of 2 waited 1 s (the timeout) for every rank at 127.0.0.1:{} "
+          "(MASTER_ADDR:MASTER_PORT): 1 of 2 joined; did all 2 start, with the same MASTER_ADDR, "
+          "MASTER_PORT and WORLD_SIZE?",
+          port))));
   EXPECT_LT(seconds_since(start), 10.0);
+}
+
+// Rank 0 of the largest job, alone: it waits for the others without sizing
+// anything by their number (Gloo's rendezvous spun for over 20 s), and
+// gives up at the timeout.
+TEST(ProcessGroupTest, LargestJobWithOneRankFailsAtTheTimeout) {
+  const auto start = Clock::now();
+  EXPECT_THAT(
+      [&] {
+        distributed::ProcessGroup group(
+            local_environment(0, distributed::max_world_size, free_port()),
+            distributed::Options().timeout(std::chrono::seconds(2)));
+      },
+      ThrowsMessage<Error>(HasSubstr("1 of 65536 joined")));
+  EXPECT_LT(seconds_since(start), 5.0);
+}
+
+TEST(ProcessGroupTest, WorldSizeBeyondTheBoundFailsAtOnce) {
+  const auto start = Clock::now();
+  EXPECT_THAT(
+      [&] {
+        distributed::ProcessGroup group(local_environment(0, 99999999999, free_port()),
+                                        distributed::Options().timeout(std::chrono::seconds(30)));
+      },
+      ThrowsMessage<Error>(
+          HasSubstr("distributed: world size 99999999999, expected 1 to 65536 processes")));
+  EXPECT_LT(seconds_since(start), 1.0);
+}
+
+TEST(ProcessGroupTest, TimeoutMustBePositiveAndFinite) {
+  for (const auto timeout : {std::chrono::milliseconds(0), std::chrono::milliseconds::max()}) {
+    EXPECT_THAT(
+        [&] {
+          distributed::ProcessGroup group(local_environment(0, 2, free_port()),
+                                          distributed::Options().timeout(timeout));
+        },
+        ThrowsMessage<Error>(HasSubstr(fmt::format(
+            "distributed: timeout {} ms, expected a positive time of at most 365 days",
+            timeout.count()))));
+  }
+}
+
+// The timeout bounds the whole start-up, not each part: a rank that spent
+// most of it reaching rank 0 waits only the rest for the third rank (it
+// once waited for the master, then a whole timeout more in Gloo).
+TEST(ProcessGroupTest, TimeoutCoversTheWholeStartUp) {
+  const int port = free_port();
+  const auto timeout = std::chrono::seconds(4);
+  std::vector<std::string> errors(2);
+  std::vector<double> failed_at(2);
+  const auto start = Clock::now();
+  std::vector<std::thread> ranks;
+  for (int64_t rank : {1, 0}) {
+    ranks.emplace_back([&, rank] {
+      // Rank 0 (the master) comes 1.5 s late; rank 2 never.
+      if (rank == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      try {
+        distributed::ProcessGroup group(local_environment(rank, 3, port),
+                                        distributed::Options().timeout(timeout));
+      } catch (const Error& e) {
+        errors[static_cast<size_t>(rank)] = e.what();
+      }
+      failed_at[static_cast<size_t>(rank)] = seconds_since(start);
+    });
+  }
+  for (auto& thread : ranks) thread.join();
+  EXPECT_THAT(errors[1], HasSubstr("rank 1 of 3 waited 4 s (the timeout) for every rank"));
+  EXPECT_THAT(errors[1], HasSubstr("2 of 3 joined"));
+  EXPECT_LT(failed_at[1], 5.3) << "rank 1 waited longer than its timeout of 4 s";
+  EXPECT_THAT(errors[0], HasSubstr("rank 0 of 3 "));
+}
+
+// Ranks started with different WORLD_SIZE fail at the rendezvous, each
+// naming both values, at once (Gloo said `enforce fail … 136 vs 272` after
+// the timeout).
+TEST(ProcessGroupTest, DifferentWorldSizesFailNamingBoth) {
+  const int port = free_port();
+  std::vector<std::string> errors(2);
+  double waited = 0;
+  const auto start = Clock::now();
+  std::thread first([&] {
+    try {
+      distributed::ProcessGroup group(local_environment(0, 2, port),
+                                      distributed::Options().timeout(std::chrono::seconds(20)));
+    } catch (const Error& e) {
+      errors[0] = e.what();
+    }
+    waited = seconds_since(start);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // rank 0 publishes first
+  try {
+    distributed::ProcessGroup group(local_environment(1, 4, port),
+                                    distributed::Options().timeout(std::chrono::seconds(20)));
+  } catch (const Error& e) {
+    errors[1] = e.what();
+  }
+  first.join();
+  const std::string both =
+      "ranks were started with different WORLD_SIZE: 2 and 4 (rank 1); give every rank the same "
+      "WORLD_SIZE";
+  EXPECT_THAT(errors[0], HasSubstr("distributed: rank 0 of 2: " + both));
+  EXPECT_THAT(errors[1], HasSubstr("distributed: rank 1 of 4: " + both));
+  EXPECT_LT(waited, 10.0);
 }
 
 TEST(ProcessGroupTest, PortInUseIsNamed) {
