@@ -7,14 +7,17 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "support/child_process.h"
 #include "support/ranks.h"
 #include "trainloop/error.h"
 #include "trainloop/metrics.h"
@@ -331,6 +334,35 @@ TEST(ProcessGroupTest, DifferentWorldSizesFailNamingBoth) {
   EXPECT_THAT(errors[0], HasSubstr("distributed: rank 0 of 2: " + both));
   EXPECT_THAT(errors[1], HasSubstr("distributed: rank 1 of 4: " + both));
   EXPECT_LT(waited, 10.0);
+}
+
+// A failed start-up prints one line, the Error: none of LibTorch's own
+// (glog's `WARNING: Logging before InitGoogleLogging()`, TCPStore's retries)
+// before it. In real processes, so that glog starts uninitialised.
+TEST(ProcessGroupTest, FailedStartUpPrintsOneLine) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   fmt::format("trainloop-dist-startup-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  for (const char* rank : {"0", "1"}) {
+    const auto log = dir / fmt::format("rank{}.log", rank);
+    std::filesystem::remove(log);
+    testing_support::ChildProcess worker(
+        {TRAINLOOP_DISTRIBUTED_WORKER, "--out", (dir / "out").string(), "--timeout-ms", "1000"},
+        log,
+        {{"RANK", rank},
+         {"WORLD_SIZE", "2"},
+         {"MASTER_ADDR", "127.0.0.1"},
+         {"MASTER_PORT", std::to_string(free_port())}});
+    const auto exit = worker.wait_for(std::chrono::seconds(30));
+    ASSERT_TRUE(exit.has_value()) << "rank " << rank << " alone did not give up";
+    EXPECT_EQ(exit->code, 1);
+    const std::string text = worker.log();
+    EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << text;
+    EXPECT_THAT(text, testing::StartsWith(
+                          fmt::format("distributed_worker rank {}: distributed: rank {} of 2", rank,
+                                      rank)));
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ProcessGroupTest, PortInUseIsNamed) {

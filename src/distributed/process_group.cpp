@@ -27,6 +27,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <c10/util/Logging.h>
 #if defined(TRAINLOOP_WITH_NCCL)
 #ifndef USE_C10D_NCCL
 #define USE_C10D_NCCL 1
@@ -220,6 +221,56 @@ c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, const Options
   }
 }
 
+// LibTorch's own lines during start-up (glog's "Logging before
+// InitGoogleLogging()", TCPStore's retries and timeouts, Gloo's warnings)
+// say less than the one Error that follows them, and would come before it:
+// held back, process-wide, while any group starts. Counted, because ranks
+// may start as threads of one process; the last one out restores the
+// levels. Messages of other threads at those levels are held back too,
+// only during start-up. FATAL ones still print (they abort).
+class QuietLibTorchLogs {
+ public:
+  QuietLibTorchLogs() {
+    std::lock_guard<std::mutex> lock(mutex());
+    if (users()++ > 0) return;
+    saved_c10_level() = FLAGS_caffe2_log_level;  // c10's own logger, and c10d's in 2.x
+    FLAGS_caffe2_log_level = std::max(saved_c10_level(), kFatal);
+#if defined(C10_USE_GLOG)
+    saved_glog_level() = FLAGS_minloglevel;  // glog's, where LibTorch logs through it
+    FLAGS_minloglevel = std::max(saved_glog_level(), kFatal);
+#endif
+  }
+  ~QuietLibTorchLogs() {
+    std::lock_guard<std::mutex> lock(mutex());
+    if (--users() > 0) return;
+    FLAGS_caffe2_log_level = saved_c10_level();
+#if defined(C10_USE_GLOG)
+    FLAGS_minloglevel = saved_glog_level();
+#endif
+  }
+  QuietLibTorchLogs(const QuietLibTorchLogs&) = delete;
+  QuietLibTorchLogs& operator=(const QuietLibTorchLogs&) = delete;
+
+ private:
+  static constexpr int kFatal = 3;  // glog's and c10's FATAL
+  static std::mutex& mutex() {
+    static std::mutex instance;
+    return instance;
+  }
+  static int& users() {
+    static int count = 0;
+    return count;
+  }
+  static int& saved_c10_level() {
+    static int level = 0;
+    return level;
+  }
+  static int& saved_glog_level() {
+    static int level = 0;
+    return level;
+  }
+};
+
 // What is left of the start-up's timeout: the store connection, the wait
 // for every rank and the backend's connections share one.
 class Deadline {
@@ -380,7 +431,10 @@ ProcessGroup::ProcessGroup(const Environment& environment, const Options& option
         "distributed: NCCL asked for, but this trainloop was built without CUDA or no GPU is "
         "visible; use Backend::gloo");
   }
+  const QuietLibTorchLogs quiet;
   const Deadline deadline(options.timeout());
+  // Kept here until start-up succeeds: a failed one closes it while the
+  // logs are still quiet.
   c10::intrusive_ptr<c10d::Store> store = make_store(env, options);
   rendezvous(*store, env, deadline, options);
   impl_->backend_name = backend == Backend::gloo ? "gloo" : "nccl";
