@@ -63,9 +63,11 @@ TRAINLOOP_API std::optional<Environment> read_environment();
 /// Example: `distributed::Options().timeout(std::chrono::seconds(30))`
 struct Options {
   Options() = default;
-  /// How long to wait for the master to answer, for every rank to join, and
-  /// for each collective to finish (default 5 minutes); past it, `Error`.
-  /// It bounds what a rank waits while rank 0 writes a checkpoint, too.
+  /// How long the whole start-up may take (reaching the master, every rank
+  /// joining, the backend's connections: one timeout for all), and how long
+  /// each collective may (default 5 minutes, at most 365 days); past it,
+  /// `Error`. It bounds what a rank waits while rank 0 writes a checkpoint,
+  /// too.
   TORCH_ARG(std::chrono::milliseconds, timeout) = std::chrono::minutes(5);
   /// Gloo, NCCL, or the best this build and machine have (default).
   TORCH_ARG(Backend, backend) = Backend::automatic;
@@ -116,7 +118,10 @@ class TRAINLOOP_API ProcessGroup {
   /// Joins the group that `environment` describes: rank 0 serves a TCPStore
   /// at MASTER_ADDR:MASTER_PORT, the others connect to it, and the backend
   /// connects every pair. Throws `Error` within `options.timeout()` when the
-  /// master cannot be reached or a rank never arrives.
+  /// master cannot be reached or a rank never arrives (saying how many of
+  /// how many joined), and at once when ranks were started with different
+  /// world sizes (naming both). LibTorch's own log lines are held back
+  /// meanwhile, so a failed start-up prints only that one `Error`.
   ProcessGroup(const Environment& environment, const Options& options = {});
   ~ProcessGroup();
   ProcessGroup(const ProcessGroup&) = delete;
