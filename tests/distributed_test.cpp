@@ -7,14 +7,17 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "support/child_process.h"
 #include "support/ranks.h"
 #include "trainloop/error.h"
 #include "trainloop/metrics.h"
@@ -116,7 +119,51 @@ TEST_F(EnvironmentTest, NumbersMustBeWholeNumbers) {
               ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is \"2x\", expected a whole number")));
   set_job("0", "0");
   EXPECT_THAT([] { distributed::read_environment(); },
-              ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is 0, expected 1 or more")));
+              ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is 0, expected 1 to 65536 processes")));
+}
+
+// A mistyped WORLD_SIZE is refused before anything is sized by it (it once
+// grew to 9.7 GB); so are numbers beyond int64_t and out-of-range ones of
+// every other variable, each naming its range.
+TEST_F(EnvironmentTest, EveryNumberIsBounded) {
+  set_job("0", "99999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "WORLD_SIZE is 99999999999, expected 1 to 65536 processes")));
+  set_job("0", "999999999999999999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "WORLD_SIZE is 999999999999999999999999, expected 1 to 65536 processes")));
+  set_job("0", "65537");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("WORLD_SIZE is 65537, expected 1 to 65536")));
+  set_job("99999999999999999999", "2");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "RANK is 99999999999999999999, expected 0 to 1 (WORLD_SIZE is 2)")));
+  set_job("1", "2");
+  set("MASTER_PORT", "99999999999999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("MASTER_PORT is 99999999999999999999, expected 1 to "
+                                             "65535 (the TCP port rank 0 listens on)")));
+  set("MASTER_PORT", "29500");
+  set("LOCAL_WORLD_SIZE", "99999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("LOCAL_WORLD_SIZE is 99999999999, expected 1 to 2")));
+  set("LOCAL_WORLD_SIZE", "1");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr("LOCAL_RANK is not set and RANK 1 is not below "
+                                             "LOCAL_WORLD_SIZE 1; set LOCAL_RANK")));
+  set("LOCAL_RANK", "-99999999999999999999");
+  EXPECT_THAT([] { distributed::read_environment(); },
+              ThrowsMessage<Error>(HasSubstr(
+                  "LOCAL_RANK is -99999999999999999999, expected 0 to 0 (LOCAL_WORLD_SIZE is 1)")));
+  unsetenv("LOCAL_RANK");
+  unsetenv("LOCAL_WORLD_SIZE");
+  set_job("65535", "65536");
+  const auto largest = distributed::read_environment();
+  ASSERT_TRUE(largest.has_value());
+  EXPECT_EQ(largest->world_size, distributed::max_world_size);
 }
 
 TEST_F(EnvironmentTest, RankAndWorldSizeComeTogether) {
@@ -136,7 +183,7 @@ TEST_F(EnvironmentTest, MasterAddressAndPortAreRequired) {
               ThrowsMessage<Error>(HasSubstr("MASTER_PORT is not set")));
   set("MASTER_PORT", "70000");
   EXPECT_THAT([] { distributed::read_environment(); },
-              ThrowsMessage<Error>(HasSubstr("MASTER_PORT is 70000, expected a TCP port")));
+              ThrowsMessage<Error>(HasSubstr("MASTER_PORT is 70000, expected 1 to 65535")));
   set("MASTER_PORT", "29500");
   unsetenv("MASTER_ADDR");
   EXPECT_THAT([] { distributed::read_environment(); },
@@ -171,15 +218,151 @@ TEST(ProcessGroupTest, UnreachableMasterFailsWithinTheTimeout) {
 }
 
 TEST(ProcessGroupTest, RankThatNeverArrivesFailsWithinTheTimeout) {
+  const int port = free_port();
   const auto start = Clock::now();
   EXPECT_THAT(
       [&] {
-        distributed::ProcessGroup group(local_environment(0, 2, free_port()),
+        distributed::ProcessGroup group(local_environment(0, 2, port),
                                         distributed::Options().timeout(std::chrono::seconds(1)));
       },
-      ThrowsMessage<Error>(HasSubstr("rank 0 of 2 could not connect to every other rank (gloo) "
-                                     "within 1 s (did all 2 start")));
+      ThrowsMessage<Error>(HasSubstr(fmt::format(
+          "distributed: rank 0 of 2 waited 1 s (the timeout) for every rank at 127.0.0.1:{} "
+          "(MASTER_ADDR:MASTER_PORT): 1 of 2 joined; did all 2 start, with the same MASTER_ADDR, "
+          "MASTER_PORT and WORLD_SIZE?",
+          port))));
   EXPECT_LT(seconds_since(start), 10.0);
+}
+
+// Rank 0 of the largest job, alone: it waits for the others without sizing
+// anything by their number (Gloo's rendezvous spun for over 20 s), and
+// gives up at the timeout.
+TEST(ProcessGroupTest, LargestJobWithOneRankFailsAtTheTimeout) {
+  const auto start = Clock::now();
+  EXPECT_THAT(
+      [&] {
+        distributed::ProcessGroup group(
+            local_environment(0, distributed::max_world_size, free_port()),
+            distributed::Options().timeout(std::chrono::seconds(2)));
+      },
+      ThrowsMessage<Error>(HasSubstr("1 of 65536 joined")));
+  EXPECT_LT(seconds_since(start), 5.0);
+}
+
+TEST(ProcessGroupTest, WorldSizeBeyondTheBoundFailsAtOnce) {
+  const auto start = Clock::now();
+  EXPECT_THAT(
+      [&] {
+        distributed::ProcessGroup group(local_environment(0, 99999999999, free_port()),
+                                        distributed::Options().timeout(std::chrono::seconds(30)));
+      },
+      ThrowsMessage<Error>(
+          HasSubstr("distributed: world size 99999999999, expected 1 to 65536 processes")));
+  EXPECT_LT(seconds_since(start), 1.0);
+}
+
+TEST(ProcessGroupTest, TimeoutMustBePositiveAndFinite) {
+  for (const auto timeout : {std::chrono::milliseconds(0), std::chrono::milliseconds::max()}) {
+    EXPECT_THAT(
+        [&] {
+          distributed::ProcessGroup group(local_environment(0, 2, free_port()),
+                                          distributed::Options().timeout(timeout));
+        },
+        ThrowsMessage<Error>(HasSubstr(fmt::format(
+            "distributed: timeout {} ms, expected a positive time of at most 365 days",
+            timeout.count()))));
+  }
+}
+
+// The timeout bounds the whole start-up, not each part: a rank that spent
+// most of it reaching rank 0 waits only the rest for the third rank (it
+// once waited for the master, then a whole timeout more in Gloo).
+TEST(ProcessGroupTest, TimeoutCoversTheWholeStartUp) {
+  const int port = free_port();
+  const auto timeout = std::chrono::seconds(4);
+  std::vector<std::string> errors(2);
+  std::vector<double> failed_at(2);
+  const auto start = Clock::now();
+  std::vector<std::thread> ranks;
+  for (int64_t rank : {1, 0}) {
+    ranks.emplace_back([&, rank] {
+      // Rank 0 (the master) comes 1.5 s late; rank 2 never.
+      if (rank == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      try {
+        distributed::ProcessGroup group(local_environment(rank, 3, port),
+                                        distributed::Options().timeout(timeout));
+      } catch (const Error& e) {
+        errors[static_cast<size_t>(rank)] = e.what();
+      }
+      failed_at[static_cast<size_t>(rank)] = seconds_since(start);
+    });
+  }
+  for (auto& thread : ranks) thread.join();
+  EXPECT_THAT(errors[1], HasSubstr("rank 1 of 3 waited 4 s (the timeout) for every rank"));
+  EXPECT_THAT(errors[1], HasSubstr("2 of 3 joined"));
+  EXPECT_LT(failed_at[1], 5.3) << "rank 1 waited longer than its timeout of 4 s";
+  EXPECT_THAT(errors[0], HasSubstr("rank 0 of 3 "));
+}
+
+// Ranks started with different WORLD_SIZE fail at the rendezvous, each
+// naming both values, at once (Gloo said `enforce fail … 136 vs 272` after
+// the timeout).
+TEST(ProcessGroupTest, DifferentWorldSizesFailNamingBoth) {
+  const int port = free_port();
+  std::vector<std::string> errors(2);
+  double waited = 0;
+  const auto start = Clock::now();
+  std::thread first([&] {
+    try {
+      distributed::ProcessGroup group(local_environment(0, 2, port),
+                                      distributed::Options().timeout(std::chrono::seconds(20)));
+    } catch (const Error& e) {
+      errors[0] = e.what();
+    }
+    waited = seconds_since(start);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // rank 0 publishes first
+  try {
+    distributed::ProcessGroup group(local_environment(1, 4, port),
+                                    distributed::Options().timeout(std::chrono::seconds(20)));
+  } catch (const Error& e) {
+    errors[1] = e.what();
+  }
+  first.join();
+  const std::string both =
+      "ranks were started with different WORLD_SIZE: 2 and 4 (rank 1); give every rank the same "
+      "WORLD_SIZE";
+  EXPECT_THAT(errors[0], HasSubstr("distributed: rank 0 of 2: " + both));
+  EXPECT_THAT(errors[1], HasSubstr("distributed: rank 1 of 4: " + both));
+  EXPECT_LT(waited, 10.0);
+}
+
+// A failed start-up prints one line, the Error: none of LibTorch's own
+// (glog's `WARNING: Logging before InitGoogleLogging()`, TCPStore's retries)
+// before it. In real processes, so that glog starts uninitialised.
+TEST(ProcessGroupTest, FailedStartUpPrintsOneLine) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   fmt::format("trainloop-dist-startup-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  for (const char* rank : {"0", "1"}) {
+    const auto log = dir / fmt::format("rank{}.log", rank);
+    std::filesystem::remove(log);
+    testing_support::ChildProcess worker(
+        {TRAINLOOP_DISTRIBUTED_WORKER, "--out", (dir / "out").string(), "--timeout-ms", "1000"},
+        log,
+        {{"RANK", rank},
+         {"WORLD_SIZE", "2"},
+         {"MASTER_ADDR", "127.0.0.1"},
+         {"MASTER_PORT", std::to_string(free_port())}});
+    const auto exit = worker.wait_for(std::chrono::seconds(30));
+    ASSERT_TRUE(exit.has_value()) << "rank " << rank << " alone did not give up";
+    EXPECT_EQ(exit->code, 1);
+    const std::string text = worker.log();
+    EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << text;
+    EXPECT_THAT(text, testing::StartsWith(
+                          fmt::format("distributed_worker rank {}: distributed: rank {} of 2", rank,
+                                      rank)));
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ProcessGroupTest, PortInUseIsNamed) {

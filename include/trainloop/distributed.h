@@ -26,6 +26,14 @@ enum class Backend {
   nccl,       ///< CUDA tensors, one GPU per process (builds against a CUDA LibTorch only)
 };
 
+/// The most processes a job may have (WORLD_SIZE). c10d's largest jobs run
+/// tens of thousands of ranks (NCCL); Gloo's own rendezvous already takes
+/// minutes at a few thousand (pytorch/gloo#408). Everything sized by the
+/// world size (a Gloo pair per peer, `all_gather`'s outputs, the TCPStore's
+/// connections) stays small below this bound, and a mistyped WORLD_SIZE
+/// (say 99999999999) fails at once instead of allocating gigabytes.
+inline constexpr int64_t max_world_size = 65536;
+
 /// Where this process stands in a job of several, as `torchrun` describes it
 /// in environment variables.
 struct Environment {
@@ -46,17 +54,20 @@ struct Environment {
 /// LOCAL_RANK and LOCAL_WORLD_SIZE. Returns nothing for a process on its own:
 /// neither RANK nor WORLD_SIZE set, or WORLD_SIZE 1 (with RANK 0 or unset).
 /// Throws `Error` naming the variable, what it holds and what was expected
-/// for a missing or inconsistent one, e.g.
-/// `RANK is 2, expected 0 to 1 (WORLD_SIZE is 2)`.
+/// for a missing, out-of-range or inconsistent one, e.g.
+/// `RANK is 2, expected 0 to 1 (WORLD_SIZE is 2)` or
+/// `WORLD_SIZE is 99999999999, expected 1 to 65536 processes`.
 TRAINLOOP_API std::optional<Environment> read_environment();
 
 /// Settings for `init` and `ProcessGroup`.
 /// Example: `distributed::Options().timeout(std::chrono::seconds(30))`
 struct Options {
   Options() = default;
-  /// How long to wait for the master to answer, for every rank to join, and
-  /// for each collective to finish (default 5 minutes); past it, `Error`.
-  /// It bounds what a rank waits while rank 0 writes a checkpoint, too.
+  /// How long the whole start-up may take (reaching the master, every rank
+  /// joining, the backend's connections: one timeout for all), and how long
+  /// each collective may (default 5 minutes, at most 365 days); past it,
+  /// `Error`. It bounds what a rank waits while rank 0 writes a checkpoint,
+  /// too.
   TORCH_ARG(std::chrono::milliseconds, timeout) = std::chrono::minutes(5);
   /// Gloo, NCCL, or the best this build and machine have (default).
   TORCH_ARG(Backend, backend) = Backend::automatic;
@@ -107,7 +118,10 @@ class TRAINLOOP_API ProcessGroup {
   /// Joins the group that `environment` describes: rank 0 serves a TCPStore
   /// at MASTER_ADDR:MASTER_PORT, the others connect to it, and the backend
   /// connects every pair. Throws `Error` within `options.timeout()` when the
-  /// master cannot be reached or a rank never arrives.
+  /// master cannot be reached or a rank never arrives (saying how many of
+  /// how many joined), and at once when ranks were started with different
+  /// world sizes (naming both). LibTorch's own log lines are held back
+  /// meanwhile, so a failed start-up prints only that one `Error`.
   ProcessGroup(const Environment& environment, const Options& options = {});
   ~ProcessGroup();
   ProcessGroup(const ProcessGroup&) = delete;

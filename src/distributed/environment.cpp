@@ -18,21 +18,28 @@ std::optional<std::string> variable(const char* name) {
   return std::string(value);
 }
 
-// The whole text must be the number: "2 " or "2x" are as wrong as "two".
-int64_t whole_number(const char* name, const std::string& text) {
+// The whole text must be a number from `low` to `high`: "2 " or "2x" are as
+// wrong as "two", and a number beyond the range (even one beyond int64_t) is
+// refused before anything is sized by it.
+int64_t bounded_number(const char* name, const std::string& text, int64_t low, int64_t high,
+                       const std::string& why = "") {
   int64_t value = 0;
   const char* end = text.data() + text.size();
   const auto [at, error] = std::from_chars(text.data(), end, value);
-  if (text.empty() || error != std::errc() || at != end) {
-    throw Error(fmt::format("{} is \"{}\", expected a whole number", name, text));
+  const std::string expected = fmt::format("{} to {}{}", low, high, why);
+  if (text.empty() || error == std::errc::invalid_argument || at != end) {
+    throw Error(fmt::format("{} is \"{}\", expected a whole number, {}", name, text, expected));
+  }
+  if (error != std::errc() || value < low || value > high) {
+    throw Error(fmt::format("{} is {}, expected {}", name, text, expected));
   }
   return value;
 }
 
-int64_t required_number(const char* name, const char* why) {
+int64_t required_number(const char* name, const char* why, int64_t low, int64_t high) {
   const auto text = variable(name);
   if (!text) throw Error(fmt::format("{} is not set, expected {}", name, why));
-  return whole_number(name, *text);
+  return bounded_number(name, *text, low, high, fmt::format(" ({})", why));
 }
 
 }  // namespace
@@ -46,47 +53,42 @@ std::optional<Environment> read_environment() {
                             *rank_text));
   }
   Environment env;
-  env.world_size = whole_number("WORLD_SIZE", *world_text);
-  if (env.world_size < 1) {
-    throw Error(fmt::format("WORLD_SIZE is {}, expected 1 or more processes", env.world_size));
-  }
+  env.world_size = bounded_number("WORLD_SIZE", *world_text, 1, max_world_size, " processes");
   if (!rank_text) {
     // A job of one may leave RANK out; a job of several may not.
     if (env.world_size == 1) return std::nullopt;
     throw Error(fmt::format("WORLD_SIZE is {} but RANK is not set; torchrun sets both",
                             env.world_size));
   }
-  env.rank = whole_number("RANK", *rank_text);
-  if (env.rank < 0 || env.rank >= env.world_size) {
-    throw Error(fmt::format("RANK is {}, expected 0 to {} (WORLD_SIZE is {})", env.rank,
-                            env.world_size - 1, env.world_size));
-  }
+  env.rank = bounded_number("RANK", *rank_text, 0, env.world_size - 1,
+                            fmt::format(" (WORLD_SIZE is {})", env.world_size));
   if (env.world_size == 1) return std::nullopt;
 
   env.master_addr = variable("MASTER_ADDR").value_or("");
   if (env.master_addr.empty()) {
     throw Error("MASTER_ADDR is not set, expected the host name or address of rank 0");
   }
-  const int64_t port = required_number("MASTER_PORT", "the TCP port rank 0 listens on");
-  if (port < 1 || port > 65535) {
-    throw Error(fmt::format("MASTER_PORT is {}, expected a TCP port, 1 to 65535", port));
-  }
-  env.port = static_cast<int>(port);
+  env.port = static_cast<int>(
+      required_number("MASTER_PORT", "the TCP port rank 0 listens on", 1, 65535));
 
   // By hand on one machine the local values may be left out: they equal the
   // global ones then.
-  env.local_rank = variable("LOCAL_RANK") ? whole_number("LOCAL_RANK", *variable("LOCAL_RANK"))
-                                          : env.rank;
-  env.local_world_size = variable("LOCAL_WORLD_SIZE")
-                             ? whole_number("LOCAL_WORLD_SIZE", *variable("LOCAL_WORLD_SIZE"))
-                             : env.world_size;
-  if (env.local_world_size < 1 || env.local_world_size > env.world_size) {
-    throw Error(fmt::format("LOCAL_WORLD_SIZE is {}, expected 1 to {} (WORLD_SIZE)",
-                            env.local_world_size, env.world_size));
-  }
-  if (env.local_rank < 0 || env.local_rank >= env.local_world_size) {
-    throw Error(fmt::format("LOCAL_RANK is {}, expected 0 to {} (LOCAL_WORLD_SIZE is {})",
-                            env.local_rank, env.local_world_size - 1, env.local_world_size));
+  const auto local_world_text = variable("LOCAL_WORLD_SIZE");
+  env.local_world_size =
+      local_world_text ? bounded_number("LOCAL_WORLD_SIZE", *local_world_text, 1, env.world_size,
+                                        " (WORLD_SIZE)")
+                       : env.world_size;
+  const auto local_rank_text = variable("LOCAL_RANK");
+  env.local_rank =
+      local_rank_text
+          ? bounded_number("LOCAL_RANK", *local_rank_text, 0, env.local_world_size - 1,
+                           fmt::format(" (LOCAL_WORLD_SIZE is {})", env.local_world_size))
+          : env.rank;
+  if (env.local_rank >= env.local_world_size) {
+    // RANK stood in for LOCAL_RANK, but LOCAL_WORLD_SIZE is smaller.
+    throw Error(fmt::format("LOCAL_RANK is not set and RANK {} is not below LOCAL_WORLD_SIZE {}; "
+                            "set LOCAL_RANK",
+                            env.rank, env.local_world_size));
   }
   return env;
 }

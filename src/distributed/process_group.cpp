@@ -5,9 +5,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +27,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <c10/util/Logging.h>
 #if defined(TRAINLOOP_WITH_NCCL)
 #ifndef USE_C10D_NCCL
 #define USE_C10D_NCCL 1
@@ -51,6 +55,34 @@ std::string seconds_text(std::chrono::milliseconds timeout) {
 
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+// LibTorch's messages may run over several lines; an Error is one.
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// A timeout of more than this is a mistake (an "infinite" one converted to
+// milliseconds), and c10d would overflow adding it to the clock.
+constexpr std::chrono::milliseconds kLongestTimeout = std::chrono::hours(24 * 365);
+
+// The checks before anything is sized by the world size or waits: an
+// Environment may be built by hand, not only by read_environment.
+void check_startup(const Environment& env, const Options& options) {
+  if (env.world_size < 1 || env.world_size > max_world_size) {
+    throw Error(fmt::format("distributed: world size {}, expected 1 to {} processes",
+                            env.world_size, max_world_size));
+  }
+  if (env.rank < 0 || env.rank >= env.world_size) {
+    throw Error(fmt::format("distributed: rank {} of {}, expected a rank from 0 to {}", env.rank,
+                            env.world_size, env.world_size - 1));
+  }
+  if (env.port < 1 || env.port > 65535) {
+    throw Error(fmt::format("distributed: port {} (MASTER_PORT), expected 1 to 65535", env.port));
+  }
+  if (options.timeout().count() <= 0 || options.timeout() > kLongestTimeout) {
+    throw Error(fmt::format("distributed: timeout {} ms, expected a positive time of at most "
+                            "365 days",
+                            options.timeout().count()));
+  }
 }
 
 }  // namespace
@@ -189,6 +221,174 @@ c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, const Options
   }
 }
 
+// LibTorch's own lines during start-up (glog's "Logging before
+// InitGoogleLogging()", TCPStore's retries and timeouts, Gloo's warnings)
+// say less than the one Error that follows them, and would come before it:
+// held back, process-wide, while any group starts. Counted, because ranks
+// may start as threads of one process; the last one out restores the
+// levels. Messages of other threads at those levels are held back too,
+// only during start-up. FATAL ones still print (they abort).
+class QuietLibTorchLogs {
+ public:
+  QuietLibTorchLogs() {
+    std::lock_guard<std::mutex> lock(mutex());
+    if (users()++ > 0) return;
+    saved_c10_level() = FLAGS_caffe2_log_level;  // c10's own logger, and c10d's in 2.x
+    FLAGS_caffe2_log_level = std::max(saved_c10_level(), kFatal);
+#if defined(C10_USE_GLOG)
+    saved_glog_level() = FLAGS_minloglevel;  // glog's, where LibTorch logs through it
+    FLAGS_minloglevel = std::max(saved_glog_level(), kFatal);
+#endif
+  }
+  ~QuietLibTorchLogs() {
+    std::lock_guard<std::mutex> lock(mutex());
+    if (--users() > 0) return;
+    FLAGS_caffe2_log_level = saved_c10_level();
+#if defined(C10_USE_GLOG)
+    FLAGS_minloglevel = saved_glog_level();
+#endif
+  }
+  QuietLibTorchLogs(const QuietLibTorchLogs&) = delete;
+  QuietLibTorchLogs& operator=(const QuietLibTorchLogs&) = delete;
+
+ private:
+  static constexpr int kFatal = 3;  // glog's and c10's FATAL
+  static std::mutex& mutex() {
+    static std::mutex instance;
+    return instance;
+  }
+  static int& users() {
+    static int count = 0;
+    return count;
+  }
+  static int& saved_c10_level() {
+    static int level = 0;
+    return level;
+  }
+  static int& saved_glog_level() {
+    static int level = 0;
+    return level;
+  }
+};
+
+// What is left of the start-up's timeout: the store connection, the wait
+// for every rank and the backend's connections share one.
+class Deadline {
+ public:
+  explicit Deadline(std::chrono::milliseconds timeout)
+      : start_(std::chrono::steady_clock::now()), timeout_(timeout) {}
+  std::chrono::milliseconds remaining() const {
+    const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start_);
+    return spent >= timeout_ ? std::chrono::milliseconds(0) : timeout_ - spent;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::milliseconds timeout_;
+};
+
+// The keys of trainloop's own rendezvous in the TCPStore (Gloo's are
+// prefixed by a number: no clash).
+const char* const kWorldSizeKey = "trainloop/start/world_size";
+const char* const kJoinedKey = "trainloop/start/joined";
+const char* const kVerdictKey = "trainloop/start/verdict";
+const char* const kAllJoined = "all joined";
+
+std::vector<uint8_t> bytes_of(const std::string& text) { return {text.begin(), text.end()}; }
+std::string text_of(const std::vector<uint8_t>& bytes) { return {bytes.begin(), bytes.end()}; }
+
+std::string where(const Environment& env) {
+  return fmt::format("{}:{} (MASTER_ADDR:MASTER_PORT)", env.master_addr, env.port);
+}
+
+// The first verdict stands: a later one (a mismatch found after all joined)
+// changes nothing for the ranks already on their way. Set once more by its
+// giver: compareSet does not wake the waiting ranks (LibTorch 1.13's
+// TCPStore), set does.
+void give_verdict(c10d::Store& store, const std::string& verdict) {
+  const std::string standing = text_of(store.compareSet(kVerdictKey, {}, bytes_of(verdict)));
+  if (standing == verdict) store.set(kVerdictKey, bytes_of(verdict));
+}
+
+// The first rank to arrive publishes its WORLD_SIZE; every later one
+// compares its own. A mismatch is the verdict for all, naming both values
+// (else Gloo fails later with an `enforce fail … 136 vs 272` that claims a
+// timeout).
+void compare_world_size(c10d::Store& store, const Environment& env) {
+  const std::string mine = std::to_string(env.world_size);
+  const std::string first = text_of(store.compareSet(kWorldSizeKey, {}, bytes_of(mine)));
+  if (first == mine) return;
+  const std::string verdict = fmt::format(
+      "ranks were started with different WORLD_SIZE: {} and {} (rank {}); give every rank the "
+      "same WORLD_SIZE",
+      first, mine, env.rank);
+  give_verdict(store, verdict);
+  throw Error(fmt::format("distributed: rank {} of {}: {}", env.rank, env.world_size, verdict));
+}
+
+// How many ranks have joined so far; nothing when the store is gone.
+std::optional<int64_t> joined_so_far(c10d::Store& store) {
+  try {
+    return store.add(kJoinedKey, 0);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// Counts this rank in and waits, within what is left of the timeout, for
+// the verdict: every rank joined (given by the last to join), or a mismatch.
+void wait_for_every_rank(c10d::Store& store, const Environment& env, const Deadline& deadline,
+                         const Options& options) {
+  const int64_t joined = store.add(kJoinedKey, 1);
+  if (joined == env.world_size) give_verdict(store, kAllJoined);
+  if (joined > env.world_size) {
+    const std::string verdict = fmt::format(
+        "{} processes joined the rendezvous at {}, more than WORLD_SIZE {} (a RANK given twice, "
+        "or another job on the same MASTER_PORT?)",
+        joined, where(env), env.world_size);
+    give_verdict(store, verdict);
+    throw Error(fmt::format("distributed: rank {} of {}: {}", env.rank, env.world_size, verdict));
+  }
+  try {
+    // At least 1 ms: c10d reads a zero timeout as none.
+    store.wait({kVerdictKey}, std::max(deadline.remaining(), std::chrono::milliseconds(1)));
+  } catch (const std::exception& e) {
+    const auto count = joined_so_far(store);
+    if (!count) {
+      throw Error(fmt::format(
+          "distributed: rank {} of {} lost the rendezvous at {} while waiting for every rank "
+          "(rank 0 exited?): {}",
+          env.rank, env.world_size, where(env), first_line(message_of(e))));
+    }
+    throw Error(fmt::format(
+        "distributed: rank {} of {} waited {} (the timeout) for every rank at {}: {} of {} "
+        "joined; did all {} start, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?",
+        env.rank, env.world_size, seconds_text(options.timeout()), where(env), *count,
+        env.world_size, env.world_size));
+  }
+  const std::string verdict = text_of(store.get(kVerdictKey));
+  if (verdict != kAllJoined) {
+    throw Error(fmt::format("distributed: rank {} of {}: {}", env.rank, env.world_size, verdict));
+  }
+}
+
+// trainloop's rendezvous before the backend's: Gloo's would spin (and size
+// its pairs) for ranks that never come, and name a mismatch of WORLD_SIZE
+// as a timeout.
+void rendezvous(c10d::Store& store, const Environment& env, const Deadline& deadline,
+                const Options& options) {
+  try {
+    compare_world_size(store, env);
+    wait_for_every_rank(store, env, deadline, options);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("distributed: rank {} of {} lost the rendezvous at {}: {}", env.rank,
+                            env.world_size, where(env), first_line(message_of(e))));
+  }
+}
+
 BackendHandle make_gloo(const c10::intrusive_ptr<c10d::Store>& store, const Environment& env,
                         const Options& options) {
   auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout());
@@ -220,17 +420,10 @@ bool nccl_available() {
 
 ProcessGroup::ProcessGroup(const Environment& environment, const Options& options)
     : impl_(std::make_unique<Impl>()) {
+  check_startup(environment, options);
   impl_->environment = environment;
   impl_->options = options;
   const Environment& env = environment;
-  if (env.world_size < 1 || env.rank < 0 || env.rank >= env.world_size) {
-    throw Error(fmt::format("distributed: rank {} of {}, expected a rank from 0 to {}", env.rank,
-                            env.world_size, env.world_size - 1));
-  }
-  if (options.timeout().count() <= 0) {
-    throw Error(fmt::format("distributed: timeout {} ms, expected a positive time",
-                            options.timeout().count()));
-  }
   Backend backend = options.backend();
   if (backend == Backend::automatic) backend = nccl_available() ? Backend::nccl : Backend::gloo;
   if (backend == Backend::nccl && !nccl_available()) {
@@ -238,21 +431,24 @@ ProcessGroup::ProcessGroup(const Environment& environment, const Options& option
         "distributed: NCCL asked for, but this trainloop was built without CUDA or no GPU is "
         "visible; use Backend::gloo");
   }
-  impl_->store = make_store(env, options);
+  const QuietLibTorchLogs quiet;
+  const Deadline deadline(options.timeout());
+  // Kept here until start-up succeeds: a failed one closes it while the
+  // logs are still quiet.
+  c10::intrusive_ptr<c10d::Store> store = make_store(env, options);
+  rendezvous(*store, env, deadline, options);
+  impl_->backend_name = backend == Backend::gloo ? "gloo" : "nccl";
   try {
     if (backend == Backend::gloo) {
-      impl_->backend_name = "gloo";
-      impl_->backend = make_gloo(impl_->store, env, options);
+      impl_->backend = make_gloo(store, env, options);
     } else {
 #if defined(TRAINLOOP_WITH_NCCL)
-      impl_->backend_name = "nccl";
       impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
       c10::cuda::set_device(static_cast<c10::DeviceIndex>(env.local_rank));
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = options.timeout();
       impl_->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          impl_->store, static_cast<int>(env.rank), static_cast<int>(env.world_size),
-          nccl_options);
+          store, static_cast<int>(env.rank), static_cast<int>(env.world_size), nccl_options);
 #endif
     }
   } catch (const std::exception& e) {
@@ -260,8 +456,10 @@ ProcessGroup::ProcessGroup(const Environment& environment, const Options& option
                             "({}) within {} (did all {} start, with the same MASTER_ADDR and "
                             "MASTER_PORT?): {}",
                             env.rank, env.world_size, impl_->backend_name,
-                            seconds_text(options.timeout()), env.world_size, message_of(e)));
+                            seconds_text(options.timeout()), env.world_size,
+                            first_line(message_of(e))));
   }
+  impl_->store = std::move(store);
 }
 
 ProcessGroup::~ProcessGroup() = default;
