@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -399,6 +400,22 @@ TEST_F(CheckpointTest, ASecondProcessWritingTheSameRunFailsAtOnceAndLosesNothing
   ::waitpid(holder, nullptr, 0);
   EXPECT_EQ(read_text(scratch.path / "log.csv"), log_before);
   EXPECT_EQ(checkpoint_names((scratch.path / "checkpoints").string()), names_before);
+}
+
+TEST_F(CheckpointTest, AFifoInPlaceOfACheckpointFileIsRefusedWithoutBlocking) {
+  TrainingRun run(scratch.path, 11, {stop_after(2)});
+  run.loop.fit(run.model, kEpochs);
+  const fs::path newest = scratch.path / "checkpoints" / "epoch0000-batch000002";
+  for (const char* name : {"manifest.json", "model.pt"}) {
+    const fs::path saved = scratch.path / "saved";
+    fs::rename(newest / name, saved);
+    ASSERT_EQ(::mkfifo((newest / name).c_str(), 0600), 0);
+    const std::string said = testing_support::error_reading_fifo(
+        newest / name, [&] { verify_checkpoint(newest.string()); });
+    EXPECT_THAT(said, HasSubstr((newest / name).string() + ": not a regular file (a FIFO)"));
+    fs::remove(newest / name);
+    fs::rename(saved, newest / name);
+  }
 }
 
 TEST_F(CheckpointTest, FitStartRemovesOnlyTemporaryDirectoriesOfProcessesThatAreGone) {
