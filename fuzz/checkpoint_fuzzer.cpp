@@ -6,7 +6,7 @@
 // anything else is a trainloop::Error naming the file.
 //
 // The corpus's checkpoint is one of this fit's, written by
-//   TRAINLOOP_FUZZ_WRITE_CORPUS=fuzz/corpus/checkpoint/tiny build-sanitize/fuzz/checkpoint_fuzzer
+//   TRAINLOOP_FUZZ_WRITE_CORPUS=fuzz/corpus/checkpoint/tiny_checkpoint build-sanitize/fuzz/checkpoint_fuzzer
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
