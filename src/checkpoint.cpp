@@ -23,6 +23,7 @@
 #include <tuple>
 
 #include "checkpoint_restore.h"
+#include "error_text.h"
 #include "io/files.h"
 #include "io/state_dict.h"
 #include "io/zip_check.h"
@@ -100,13 +101,6 @@ std::optional<ResumePoint> named_position(const std::string& name) {
   std::smatch match;
   if (!std::regex_match(name, match, pattern)) return std::nullopt;
   return ResumePoint{std::stoll(match[1]), std::stoll(match[2])};
-}
-
-// A LibTorch error's message without its C++ stack trace.
-std::string first_line(const c10::Error& error) {
-  std::string text = error.what_without_backtrace();
-  if (const size_t end = text.find('\n'); end != std::string::npos) text.resize(end);
-  return text;
 }
 
 std::string archive_bytes(torch::serialize::OutputArchive& archive) {
@@ -676,7 +670,7 @@ void check_identity(const LoadedCheckpoint& checkpoint, const std::string& path)
     }
     id = saved_id.toStringRef();
   } catch (const c10::Error& e) {
-    throw Error(fmt::format("{}: cannot be read: {}", state_path, first_line(e)));
+    throw Error(fmt::format("{}: cannot be read: {}", state_path, detail::first_line(e)));
   }
   const std::vector<int64_t> expected{resume.epoch, resume.batch, manifest.info.global_step};
   const bool same_position = position.scalar_type() == torch::kLong && position.dim() == 1 &&

@@ -122,10 +122,6 @@ int acquire(const std::string& path, const std::string& file) {
 
 }  // namespace
 
-std::string output_lock_file(const std::string& path, OutputKind kind) {
-  return lock_path(path, kind).string();
-}
-
 OutputLock::OutputLock(std::string path, OutputKind kind)
     : path_(std::move(path)), lock_file_(lock_path(path_, kind).string()) {
   std::lock_guard<std::mutex> guard(registry_mutex());

@@ -11,6 +11,7 @@
 
 #include "checkpoint_restore.h"
 #include "distributed/data_parallel.h"
+#include "error_text.h"
 #include "distributed/gradient_reducer.h"
 #include "signals.h"
 #include "trainloop/error.h"
@@ -51,14 +52,6 @@ std::string position(const LoopState& state) {
                        state.epoch_count, state.batch + 1, state.batch_count);
   }
   return fmt::format("{}, batch {}/{}", to_string(state.phase), state.batch + 1, state.batch_count);
-}
-
-// An exception's message without LibTorch's C++ stack trace: its first line.
-std::string first_line(const std::exception& error) {
-  const auto* torch_error = dynamic_cast<const c10::Error*>(&error);
-  std::string text = torch_error ? torch_error->what_without_backtrace() : error.what();
-  if (const size_t end = text.find('\n'); end != std::string::npos) text.resize(end);
-  return text;
 }
 
 // Class targets (one integer per row) beyond the outputs' width would make
@@ -332,14 +325,15 @@ std::vector<OutputLock> TrainingLoop::lock_outputs() const {
   std::map<std::string, std::string> writers;
   for (const auto& callback : callbacks_) {
     for (const auto& output : callback->outputs()) {
-      const std::string file = output_lock_file(output.path, output.kind);
-      const auto [known, fresh] = writers.emplace(file, callback->state_key());
+      // Holds in one process count, so a second writer of the same output
+      // is found by its lock file, not by the lock.
+      locks.emplace_back(output.path, output.kind);
+      const auto [known, fresh] = writers.emplace(locks.back().lock_file(), callback->state_key());
       if (!fresh) {
         throw Error(fmt::format("TrainingLoop::fit: callbacks {} and {} both write {}; give one "
                                 "of them another path",
                                 known->second, callback->state_key(), output.path));
       }
-      locks.emplace_back(output.path, output.kind);
     }
   }
   return locks;
@@ -354,7 +348,8 @@ void TrainingLoop::explain_failure(const std::string& what, Work&& work) {
   } catch (const std::exception& e) {
     std::throw_with_nested(Error(fmt::format("{} (inputs {}, targets {}): {} failed: {}",
                                              position(state_), shape_text(state_.inputs),
-                                             shape_text(state_.targets), what, first_line(e))));
+                                             shape_text(state_.targets), what,
+                                             detail::first_line(e))));
   }
 }
 

@@ -41,16 +41,12 @@ class TRAINLOOP_API OutputLock {
 
   /// The output, as given.
   const std::string& path() const { return path_; }
-  /// The lock file.
+  /// The lock file: two outputs are the same when their lock files are.
   const std::string& lock_file() const { return lock_file_; }
 
  private:
   std::string path_;
   std::string lock_file_;
 };
-
-/// The lock file that guards `path` (see `OutputLock`), without taking it:
-/// two outputs are the same when these are.
-TRAINLOOP_API std::string output_lock_file(const std::string& path, OutputKind kind);
 
 }  // namespace trainloop

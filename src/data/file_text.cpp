@@ -85,13 +85,7 @@ size_t read_gzip(const std::string& path, gzFile_s* file, char* buffer, size_t s
   int code = Z_OK;
   const char* message = gzerror(file, &code);
   if (got < 0 || (code != Z_OK && code != Z_STREAM_END)) {
-    std::string text = code == Z_ERRNO ? std::strerror(errno) : message;
-    // zlib prefixes its message with where it reads, "<fd:3>" after gzdopen;
-    // ours already names the path.
-    if (text.rfind("<fd:", 0) == 0 && text.find(">: ") != std::string::npos) {
-      text.erase(0, text.find(">: ") + 3);
-    }
-    throw Error(fmt::format("{}: gzip error: {}", path, text));
+    throw Error(fmt::format("{}: gzip error: {}", path, io::gzip_error_text(code, message)));
   }
   return static_cast<size_t>(got);
 }

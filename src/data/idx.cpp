@@ -108,13 +108,7 @@ class Reader {
     // A truncated stream (Z_BUF_ERROR) still returns the bytes it had; the
     // caller then reports the shortfall, so only the other errors stop here.
     if (got < 0 || (code != Z_OK && code != Z_BUF_ERROR)) {
-      std::string text = code == Z_ERRNO ? std::strerror(errno) : message;
-      // zlib prefixes its message with where it reads, "<fd:3>" after gzdopen;
-      // ours already names the path.
-      if (text.rfind("<fd:", 0) == 0 && text.find(">: ") != std::string::npos) {
-        text.erase(0, text.find(">: ") + 3);
-      }
-      throw Error(fmt::format("{}: gzip error: {}", path_, text));
+      throw Error(fmt::format("{}: gzip error: {}", path_, io::gzip_error_text(code, message)));
     }
     return static_cast<size_t>(got);
   }

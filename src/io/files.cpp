@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -108,6 +109,14 @@ void write_atomically(const std::string& path, std::string_view bytes, bool dura
         fmt::format("{}: cannot rename {} into place: {}", path, temp, rename_error.message()));
   }
   if (durable) sync_path(directory.string());
+}
+
+std::string gzip_error_text(int code, const char* message) {
+  std::string text = code == Z_ERRNO ? std::strerror(errno) : (message ? message : "");
+  if (text.rfind("<fd:", 0) == 0 && text.find(">: ") != std::string::npos) {
+    text.erase(0, text.find(">: ") + 3);
+  }
+  return text;
 }
 
 std::string read_file(const std::string& path, size_t max_bytes) {

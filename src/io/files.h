@@ -32,4 +32,9 @@ int open_regular_file(const std::string& path);
 /// `max_bytes` (so a wrong path never makes an absurd allocation).
 std::string read_file(const std::string& path, size_t max_bytes);
 
+/// What went wrong in a zlib gzip read, from gzerror's `code` and `message`:
+/// the system's error for Z_ERRNO, else zlib's message without the "<fd:3>: "
+/// it puts first after gzdopen (the caller's error names the path).
+std::string gzip_error_text(int code, const char* message);
+
 }  // namespace trainloop::io
