@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "src/checkpoint_restore.h"
+#include "src/checkpoint_manifest.h"
 #include "trainloop/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -170,6 +170,36 @@ TEST_F(LoopFixture, StopRequestEndsTheFitAfterTheCurrentBatch) {
   EXPECT_EQ(recorder->trace.back(), "fit_end 1 1");
 }
 
+// `stopping` tells end events of a phase cut by a fit-level stop from those
+// of a finished one; `stop_requested` stays what callbacks set.
+TEST_F(LoopFixture, StoppingIsSetOnlyWhileAFitLevelStopUnwinds) {
+  std::vector<std::string> seen;
+  auto watch = callbacks::lambda([&seen](Event event, TrainingLoop& loop) {
+    const LoopState& state = loop.state();
+    if (event == Event::batch_start && state.epoch == 1 && state.batch == 1) throw CancelFit();
+    if (event == Event::epoch_end || event == Event::training_end) {
+      seen.push_back(std::string(to_string(event)) + " " + std::to_string(state.epoch) +
+                     " stopping=" + (state.stopping ? "true" : "false") +
+                     " requested=" + (state.stop_requested ? "true" : "false"));
+    }
+  });
+  auto loop = make_loop(false, {watch});
+  EXPECT_EQ(loop.fit(model, 3), FitStatus::cancelled);
+  EXPECT_EQ(seen, (std::vector<std::string>{
+                      "training_end 0 stopping=false requested=false",
+                      "epoch_end 0 stopping=false requested=false",
+                      "training_end 1 stopping=true requested=false",
+                      "epoch_end 1 stopping=true requested=false"}));
+}
+
+// A cancel's scope says what it ends; a bare Cancel ends the fit.
+TEST(CancelTest, EachCancelNamesItsScope) {
+  EXPECT_EQ(CancelBatch().scope(), CancelScope::batch);
+  EXPECT_EQ(CancelEpoch().scope(), CancelScope::epoch);
+  EXPECT_EQ(CancelFit().scope(), CancelScope::fit);
+  EXPECT_EQ(Cancel().scope(), CancelScope::fit);
+}
+
 TEST_F(LoopFixture, CallbackErrorNamesCallbackAndEventAndFitEndStillRuns) {
   auto failing = callbacks::lambda(
       [](Event event, TrainingLoop&) {
@@ -424,8 +454,9 @@ TEST_F(LoopFixture, TwoCallbacksWritingOneFileFailAtFitStart) {
                                .string();
   auto loop = make_loop(false, {callbacks::csv_logger(path), callbacks::csv_logger(path)});
   EXPECT_THAT([&] { loop.fit(model, 1); },
-              testing::ThrowsMessage<Error>(HasSubstr("callbacks csv_logger and csv_logger both "
-                                                      "write " + path)));
+              testing::ThrowsMessage<Error>(HasSubstr("callbacks csv_logger:" + path +
+                                                      " and csv_logger:" + path + " both write " +
+                                                      path)));
   std::filesystem::remove_all(std::filesystem::path(path).parent_path());
 }
 

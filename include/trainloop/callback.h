@@ -18,18 +18,29 @@ namespace trainloop {
 
 class TrainingLoop;
 
+/// What a `Cancel` ends, narrowest first.
+enum class CancelScope { batch, epoch, fit };
+
 /// Common base of the three cancel requests; the loop catches each at its
-/// level. A cancel takes effect once every callback has seen the event it was
+/// scope. A cancel takes effect once every callback has seen the event it was
 /// thrown at (the widest of several wins).
 struct TRAINLOOP_API Cancel {
   virtual ~Cancel() = default;
+  /// What it ends (a bare `Cancel`: the fit).
+  virtual CancelScope scope() const { return CancelScope::fit; }
 };
 /// Thrown by a callback to skip the rest of the current batch (batch_end still runs).
-struct TRAINLOOP_API CancelBatch : Cancel {};
+struct TRAINLOOP_API CancelBatch : Cancel {
+  CancelScope scope() const override { return CancelScope::batch; }
+};
 /// Thrown by a callback to skip the rest of the current epoch (epoch_end still runs).
-struct TRAINLOOP_API CancelEpoch : Cancel {};
+struct TRAINLOOP_API CancelEpoch : Cancel {
+  CancelScope scope() const override { return CancelScope::epoch; }
+};
 /// Thrown by a callback to end the fit cleanly (fit_end still runs).
-struct TRAINLOOP_API CancelFit : Cancel {};
+struct TRAINLOOP_API CancelFit : Cancel {
+  CancelScope scope() const override { return CancelScope::fit; }
+};
 
 /// Something that runs at the loop's events. It reads and may change
 /// `loop.state()`, and throws a `Cancel` type to stop work.
@@ -39,7 +50,11 @@ class TRAINLOOP_API Callback {
   /// Called at every event, in the order the callbacks were given.
   virtual void on_event(Event event, TrainingLoop& loop) = 0;
   /// A stable name: used in error messages and as the key of this
-  /// callback's state in a checkpoint. Default: the demangled type name.
+  /// callback's state in a checkpoint, so callbacks whose `save` writes
+  /// anything need keys of their own (those that save nothing may share
+  /// one). The built-ins with state derive theirs from their options, e.g.
+  /// "csv_logger:" and the file, so two of a kind just work. Default: the
+  /// demangled type name.
   virtual std::string state_key() const;
   /// Writes the callback's own state into a checkpoint.
   virtual void save(torch::serialize::OutputArchive& /*archive*/) const {}

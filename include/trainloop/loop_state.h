@@ -50,10 +50,12 @@ struct TRAINLOOP_API LoopState {
   torch::Tensor loss;
 
   /// Set by a callback to end the fit after the current batch, as `CancelFit`
-  /// does, but without unwinding the batch. The loop sets it too while a
-  /// fit-level stop unwinds, so end events can tell a finished phase from a
-  /// cut one.
+  /// does, but without unwinding the batch.
   bool stop_requested = false;
+  /// Set by the loop while a fit-level stop (`CancelFit`, `stop_requested`
+  /// or a signal) unwinds, so end events can tell a phase cut short from a
+  /// finished one.
+  bool stopping = false;
   /// The signal (SIGINT or SIGTERM) that is ending the fit, 0 if none. Set
   /// at the first batch_end after an optimizer update once the signal came
   /// (or at epoch_end when it came during validation); the fit then stops

@@ -11,6 +11,7 @@
 
 #include "trainloop/export.h"
 #include "trainloop/callback.h"
+#include "trainloop/checkpoint.h"
 #include "trainloop/data/epochs.h"
 #include "trainloop/distributed.h"
 #include "trainloop/event.h"
@@ -23,8 +24,10 @@
 namespace trainloop {
 
 namespace detail {
-class GradientReducer;
-}
+class Coordinator;
+class Precision;
+struct LoadedCheckpoint;
+}  // namespace detail
 
 /// How a fit ended.
 enum class FitStatus {
@@ -103,7 +106,6 @@ class TRAINLOOP_API TrainingLoop {
   /// The model of the running fit, evaluate or predict.
   Model& model();
   torch::optim::Optimizer& optimizer() { return optimizer_; }
-  const std::vector<std::shared_ptr<Callback>>& callbacks() const { return callbacks_; }
   /// The training data given to the constructor.
   const data::DataSource& training_data() const { return training_; }
   /// The validation data given to the constructor (may be empty).
@@ -156,36 +158,59 @@ class TRAINLOOP_API TrainingLoop {
   TrainingLoop& data_parallel(std::shared_ptr<distributed::ProcessGroup> group,
                               distributed::DataParallelOptions options = {});
   /// The group given to `data_parallel`, or null.
-  const std::shared_ptr<distributed::ProcessGroup>& process_group() const { return group_; }
+  const std::shared_ptr<distributed::ProcessGroup>& process_group() const;
+
+  /// Writes everything this fit needs to continue exactly into the
+  /// checkpoint directory `path`: `model.pt` (parameters and buffers as a
+  /// state dict that Python's `torch.load` reads), `optimizer.pt`, `state.pt`
+  /// (random generators, running metrics, every callback's `save`) and
+  /// `manifest.json` (format, position, history, and each file's size and
+  /// CRC-32), atomically: a run killed at any moment leaves either the old
+  /// checkpoint or the new one. `resume` is where a fit resumed from it
+  /// continues. Call it during a fit, between batches (a callback does).
+  /// Throws `Error` naming the file that could not be written. In a
+  /// data-parallel fit every rank calls it at the same point: each rank's
+  /// generators and running metrics are gathered into `state.pt`, rank 0
+  /// alone writes, and no rank returns before the checkpoint is in place
+  /// (each throws `Error` if rank 0 failed).
+  void save_checkpoint(const std::string& path, ResumePoint resume, const CheckpointNote& note = {});
+  /// Throws `Error` unless `save_checkpoint` can save this loop: each
+  /// callback whose `save` writes anything has its own state key
+  /// and, when checkpoints may be taken inside epochs (`inside_epochs`),
+  /// every training metric can save its running value. For a checkpoint
+  /// callback to call at fit_start, before hours of training.
+  void check_checkpointable(bool inside_epochs) const;
 
  private:
   void emit(Event event);
-  /// Emits `start`, runs `body`, emits `end`; swallows cancels up to
-  /// `cancel_level` (0 none, 1 batch, 2 epoch, 3 fit) and emits `end` before
-  /// letting a wider cancel through, so every start has its end.
-  template <class Body>
-  void phase(Event start, Event end, int cancel_level, Body&& body);
-  /// The same, running `finish` before `end` unless a wider cancel passes.
+  /// Emits `start`, runs `body`, then `finish`, and emits `end`; absorbs a
+  /// cancel of `absorbs`' scope or narrower (none: nothing) and emits `end`
+  /// before letting a wider one through, so every start has its end.
   template <class Body, class Finish>
-  void phase(Event start, Event end, int cancel_level, Body&& body, Finish&& finish);
-  void record_history();
+  void between(Event start, Event end, std::optional<CancelScope> absorbs, Body&& body,
+               Finish&& finish);
   void begin_run(const Model& model, torch::Device device);
-  bool data_parallel_run() const { return group_ != nullptr && group_->world_size() > 1; }
-  void shard(const data::DataSource& source, bool pad);
-  void unshard(const data::DataSource& source);
-  void start_data_parallel_fit(bool resumed);
   void sort_callbacks();
-  void poll_interrupt();
-  void poll_interrupt_at_epoch_end();
+  int local_signal() const;
   void run_epoch();
   void run_pass(data::BatchSource& source, Phase phase);
   void run_batch(const data::Batch& batch);
   void run_step();
-  std::vector<OutputLock> lock_outputs() const;
+  void update_metrics();
+  void backward_and_update();
   /// Runs `work`; rethrows what it throws as `Error` naming the phase,
   /// position, batch shapes and `what` failed (LibTorch's first line only).
   template <class Work>
   void explain_failure(const std::string& what, Work&& work);
+  /// Restores the model, optimizer, running metrics, position and history
+  /// from `checkpoint`, and returns the first training batch to run.
+  int64_t restore_position(const detail::LoadedCheckpoint& checkpoint);
+  /// Restores every callback's state (after fit_start), then the random
+  /// generators, last, so nothing draws from them before training goes on.
+  void restore_callbacks(const detail::LoadedCheckpoint& checkpoint);
+  /// What differs between the ranks, generators and running metrics, into
+  /// `state`.
+  void write_rank_state(torch::serialize::OutputArchive& state) const;
 
   data::DataSource training_;
   data::DataSource validation_;
@@ -203,15 +228,17 @@ class TRAINLOOP_API TrainingLoop {
   LoopState state_;
   std::optional<Model> model_;
   std::vector<torch::Tensor> predictions_;
-  std::shared_ptr<distributed::ProcessGroup> group_;
-  distributed::DataParallelOptions parallel_options_;
-  // Averages gradients during a data-parallel fit; null otherwise.
-  std::shared_ptr<detail::GradientReducer> reducer_;
-  // The signal the ranks agreed on at the last gradient reduction, or 0.
-  int agreed_signal_ = 0;
-  // Sources last sharded across the group, to be made whole again after a
-  // data_parallel(nullptr).
-  std::vector<data::DataSource> sharded_;
+  // How this process works with others (alone by default), and how a step
+  // computes: shared, so the loop stays copyable as before.
+  std::shared_ptr<detail::Coordinator> coordinator_;
+  std::shared_ptr<detail::Precision> precision_;
 };
+
+/// `loop.save_checkpoint(path, resume, note)` (see
+/// `TrainingLoop::save_checkpoint`).
+inline void save_checkpoint(TrainingLoop& loop, const std::string& path, ResumePoint resume,
+                            const CheckpointNote& note = {}) {
+  loop.save_checkpoint(path, resume, note);
+}
 
 }  // namespace trainloop

@@ -10,7 +10,6 @@
 #include <set>
 #include <utility>
 
-#include "../checkpoint_restore.h"
 #include "../io/files.h"
 #include "monitor.h"
 #include "trainloop/error.h"
@@ -87,7 +86,7 @@ void CheckpointCallback::on_event(Event event, TrainingLoop& loop) {
     }
     case Event::epoch_end: {
       // A fit-level stop cut this epoch short; an interrupt saved already.
-      if (state.stop_requested) return;
+      if (state.stopping) return;
       const int64_t epochs_done = state.epoch + 1;
       bool best = false;
       if (!options_.monitor().empty()) {
@@ -112,7 +111,7 @@ void CheckpointCallback::start(TrainingLoop& loop) {
   if (!options_.monitor().empty()) detail::check_monitor(kKey, loop, options_.monitor());
   const bool inside_epochs = options_.every_n_steps() > 0 || options_.every_n_minutes() > 0 ||
                              options_.on_interrupt();
-  trainloop::detail::check_checkpointable(loop, inside_epochs);
+  loop.check_checkpointable(inside_epochs);
   // A resumed fit gets these back from load(), which runs after fit_start.
   best_value_ = detail::worst_value(options_.mode());
   best_path_.clear();
@@ -155,7 +154,7 @@ void CheckpointCallback::write(TrainingLoop& loop, ResumePoint resume, bool best
     note.monitor = options_.monitor();
     note.monitor_value = loop.state().metric(options_.monitor());
   }
-  save_checkpoint(loop, path, resume, note);
+  loop.save_checkpoint(path, resume, note);
   last_time_ = std::chrono::steady_clock::now();
   last_write_seconds_ = std::chrono::duration<double>(last_time_ - started).count();
   last_path_ = path;

@@ -98,7 +98,7 @@ class EarlyStopping : public Callback {
     const LoopState& state = loop.state();
     // An epoch cut by a fit-level stop (a signal, CancelFit) has no
     // validation value to judge; the fit ends anyway.
-    if (state.stop_requested) return;
+    if (state.stopping) return;
     const double value = detail::monitored_value(kKey, state, options_.monitor());
     if (improved(value)) {
       best_ = value;

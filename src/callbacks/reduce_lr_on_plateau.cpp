@@ -44,7 +44,7 @@ class ReduceLrOnPlateau : public Callback {
       case Event::epoch_end:
         // An epoch cut by a fit-level stop (a signal, CancelFit) has no
         // validation value to judge.
-        if (!loop.state().stop_requested) step(loop.state());
+        if (!loop.state().stopping) step(loop.state());
         break;
       case Event::fit_end:
         reset();
