@@ -34,6 +34,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::HasSubstr;
+using testing::Not;
 using testing::ThrowsMessage;
 using testing_support::read_text;
 using testing_support::TempDir;
@@ -249,11 +250,13 @@ TEST_F(CheckpointTest, CorruptedOrTruncatedFilesAreNamed) {
   fs::resize_file(newest / "model.pt", 100);
   EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
               ThrowsMessage<Error>(HasSubstr((newest / "model.pt").string() + ": 100 bytes, the manifest says")));
-  std::ofstream(newest / "manifest.json") << "{\"format\": 1}";
+  // Format 2 kept callback states under other keys (before they came from
+  // the callbacks' options).
+  std::ofstream(newest / "manifest.json") << "{\"format\": 2}";
   EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
-              ThrowsMessage<Error>(HasSubstr("checkpoint format 1, this build reads 2")));
+              ThrowsMessage<Error>(HasSubstr("checkpoint format 2, this build reads 3")));
   std::ofstream(newest / "manifest.json")
-      << "{\"format\": 2, \"id\": \"0123456789abcdef\", \"resume\": {\"epoch\": -3}}";
+      << "{\"format\": 3, \"id\": \"0123456789abcdef\", \"resume\": {\"epoch\": -3}}";
   EXPECT_THAT([&] { verify_checkpoint(newest.string()); },
               ThrowsMessage<Error>(HasSubstr("field \"resume.epoch\": expected an integer >= 0")));
 }
@@ -565,10 +568,77 @@ TEST_F(CheckpointTest, AnUnwritableDirectoryFailsAtFitStart) {
   EXPECT_FALSE(watcher->started);
 }
 
-TEST_F(CheckpointTest, CallbacksSharingAStateKeyFailAtFitStart) {
-  TrainingRun run(scratch.path, 11, {callbacks::csv_logger((scratch.path / "other.csv").string())});
-  EXPECT_THAT([&] { run.loop.fit(run.model, 1); },
-              ThrowsMessage<Error>(HasSubstr("share the state key \"csv_logger\"")));
+// Two CSV loggers, a second TensorBoard run and two lambdas of one name
+// beside the checkpoint: each logger's state is kept under a key from its
+// options, and the resumed fit writes every log as the uninterrupted one.
+TEST_F(CheckpointTest, TwoLoggersOfAKindAndTwoLambdasResumeBitForBit) {
+  const auto extras = [](const fs::path& dir) {
+    return std::vector<std::shared_ptr<Callback>>{
+        callbacks::csv_logger(callbacks::CsvLoggerOptions((dir / "every3.csv").string())
+                                  .every_n_batches(3)),
+        callbacks::tensorboard(callbacks::TensorBoardOptions()
+                                   .log_dir((dir / "tensorboard").string())
+                                   .run_name("second")
+                                   .log_every_n_steps(3)),
+        callbacks::lambda([](Event, TrainingLoop&) {}),
+        callbacks::lambda([](Event, TrainingLoop&) {})};
+  };
+  TrainingRun reference(scratch.path / "reference", 11, extras(scratch.path / "reference"));
+  ASSERT_EQ(reference.loop.fit(reference.model, kEpochs), FitStatus::completed);
+  const fs::path dir = scratch.path / "resumed";
+  {
+    auto callbacks = extras(dir);
+    callbacks.push_back(stop_after(13));
+    TrainingRun first(dir, 11, callbacks);
+    EXPECT_EQ(first.loop.fit(first.model, kEpochs), FitStatus::cancelled);
+  }
+  TrainingRun second(dir, 99, extras(dir));
+  testing::internal::CaptureStderr();
+  ASSERT_EQ(second.loop.fit(second.model, kEpochs, torch::kCPU, (dir / "checkpoints").string()),
+            FitStatus::completed);
+  // Every callback with state found its own.
+  EXPECT_THAT(testing::internal::GetCapturedStderr(), Not(HasSubstr("holds no state")));
+  EXPECT_EQ(second.loop.state().resumed_from,
+            (dir / "checkpoints" / "epoch0001-batch000005").string());
+  expect_bitwise_equal(second.weights(), reference.weights());
+  EXPECT_EQ(read_text(dir / "log.csv"), read_text(scratch.path / "reference" / "log.csv"));
+  EXPECT_EQ(read_text(dir / "every3.csv"), read_text(scratch.path / "reference" / "every3.csv"));
+  EXPECT_NE(read_text(dir / "every3.csv"), read_text(dir / "log.csv"));
+  EXPECT_EQ(tensorboard_without_times(dir), tensorboard_without_times(scratch.path / "reference"));
+}
+
+// A callback of the test's with state, keyed by the name it is given.
+struct Counter : Callback {
+  explicit Counter(std::string key) : key(std::move(key)) {}
+  std::string key;
+  int64_t batches = 0;
+  std::string state_key() const override { return key; }
+  void on_event(Event event, TrainingLoop&) override { batches += event == Event::batch_end; }
+  void save(torch::serialize::OutputArchive& archive) const override {
+    archive.write("batches", torch::tensor(batches));
+  }
+};
+
+// Without state, nothing needs a key of its own.
+struct Quiet : Callback {
+  std::string state_key() const override { return "quiet"; }
+  void on_event(Event, TrainingLoop&) override {}
+};
+
+TEST_F(CheckpointTest, CallbacksWithStateSharingAKeyFailAtFitStart) {
+  TrainingRun shared(scratch.path / "shared", 11,
+                     {std::make_shared<Counter>("counter"), std::make_shared<Counter>("counter")});
+  EXPECT_THAT([&] { shared.loop.fit(shared.model, 1); },
+              ThrowsMessage<Error>(HasSubstr("two callbacks with state share the state key "
+                                             "\"counter\"")));
+  TrainingRun reduced(scratch.path / "reduced", 11,
+                      {std::make_shared<Counter>("a-b"), std::make_shared<Counter>("a.b")});
+  EXPECT_THAT([&] { reduced.loop.fit(reduced.model, 1); },
+              ThrowsMessage<Error>(HasSubstr("the state keys \"a-b\" and \"a.b\" are the same")));
+  TrainingRun quiet(scratch.path / "quiet", 11,
+                    {std::make_shared<Quiet>(), std::make_shared<Quiet>(),
+                     std::make_shared<Counter>("one"), std::make_shared<Counter>("two")});
+  EXPECT_EQ(quiet.loop.fit(quiet.model, 1), FitStatus::completed);
 }
 
 // A metric without save/load cannot be checkpointed inside an epoch.

@@ -190,7 +190,7 @@ TEST(CsvLoggerOptionsTest, DefaultsAndKey) {
   EXPECT_EQ(options.every_n_batches(), 1);
   EXPECT_TRUE(options.append());
   EXPECT_EQ(options.flush_seconds(), 1.0);
-  EXPECT_EQ(callbacks::csv_logger("run/log.csv")->state_key(), "csv_logger");
+  EXPECT_EQ(callbacks::csv_logger("run/log.csv")->state_key(), "csv_logger:run/log.csv");
 }
 
 // The file's size on disk at each epoch end, seen by a callback after the logger.

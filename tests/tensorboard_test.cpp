@@ -175,7 +175,10 @@ TEST(TensorBoardOptionsTest, RejectsBadOptions) {
               ThrowsMessage<Error>(HasSubstr("log_every_n_steps is 0, expected >= 1")));
   EXPECT_THAT([] { callbacks::tensorboard(TensorBoardOptions().log_dir("")); },
               ThrowsMessage<Error>(HasSubstr("log_dir is empty")));
-  EXPECT_EQ(callbacks::tensorboard()->state_key(), "tensorboard");
+  EXPECT_EQ(callbacks::tensorboard()->state_key(), "tensorboard:run/tensorboard/stats");
+  EXPECT_EQ(callbacks::tensorboard(callbacks::TensorBoardOptions().log_dir("runs").run_name("a"))
+                ->state_key(),
+            "tensorboard:runs/a");
 }
 
 // The training event file's size on disk at each epoch end: the first epoch

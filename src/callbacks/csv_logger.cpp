@@ -90,7 +90,8 @@ class CsvLogger : public Callback {
     if (file_ != nullptr) std::fclose(file_);
   }
 
-  std::string state_key() const override { return "csv_logger"; }
+  // From the file, so two loggers of one fit keep their states apart.
+  std::string state_key() const override { return "csv_logger:" + options_.path(); }
   bool rank_zero_only() const override { return true; }
   std::vector<OutputPath> outputs() const override { return {{options_.path(), OutputKind::file}}; }
 

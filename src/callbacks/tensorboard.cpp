@@ -45,7 +45,12 @@ class TensorBoard : public Callback {
     }
   }
 
-  std::string state_key() const override { return "tensorboard"; }
+  // From the run's directory, so two writers of one fit keep their states
+  // apart.
+  std::string state_key() const override {
+    if (options_.run_name().empty()) return "tensorboard:" + options_.log_dir();
+    return "tensorboard:" + (std::filesystem::path(options_.log_dir()) / options_.run_name()).string();
+  }
   bool rank_zero_only() const override { return true; }
   // A run of a given name is one output; a new timestamped run claims its
   // own directory at fit_start (see start).

@@ -62,7 +62,8 @@ class TRAINLOOP_API CheckpointCallback : public Callback {
  public:
   CheckpointCallback(std::string directory, CheckpointOptions options);
   void on_event(Event event, TrainingLoop& loop) override;
-  std::string state_key() const override { return "checkpoint"; }
+  /// "checkpoint:" and the directory.
+  std::string state_key() const override { return "checkpoint:" + directory_; }
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
   int order() const override { return kRunLast; }
