@@ -1,9 +1,11 @@
-#include "../src/io/pickle_check.h"
+#include "../src/io/pickle.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
