@@ -1,9 +1,11 @@
-#include "../src/io/pickle_check.h"
+#include "../src/io/pickle.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,11 +13,13 @@
 
 #include "../src/io/zip_check.h"
 #include "support/test_support.h"
+#include "trainloop/error.h"
 
 namespace trainloop::io {
 namespace {
 
 using testing::HasSubstr;
+using testing::ThrowsMessage;
 
 std::string bytes(const char* text, size_t size) { return std::string(text, size); }
 
@@ -118,6 +122,43 @@ TEST(PickleCheckTest, PersistentIdsThatAreNoStorage) {
             "element count)");
   EXPECT_EQ(pickle_fault(bytes("\x80\x02h\x00.", 5)),
             "opcode 0x68 at byte 2 reads memo 0, which nothing stored");
+}
+
+// One table names the storage classes both modes know, and their element
+// types; their sizes are LibTorch's.
+TEST(PickleCheckTest, StorageClassesAndTheirElementTypes) {
+  EXPECT_EQ(storage_scalar_type("FloatStorage"), torch::kFloat);
+  EXPECT_EQ(storage_scalar_type("QUInt2x4Storage"), torch::kQUInt2x4);
+  EXPECT_EQ(storage_scalar_type("EvilStorage"), std::nullopt);
+  EXPECT_EQ(storage_scalar_type("torch.FloatStorage"), std::nullopt);  // the name in module torch
+  for (const torch::ScalarType type :
+       {torch::kBool, torch::kUInt8, torch::kInt8, torch::kInt16, torch::kInt32, torch::kInt64,
+        torch::kHalf, torch::kBFloat16, torch::kFloat, torch::kDouble, torch::kComplexHalf,
+        torch::kComplexFloat, torch::kComplexDouble, torch::kQInt8, torch::kQUInt8,
+        torch::kQInt32, torch::kQUInt4x2, torch::kQUInt2x4}) {
+    const char* name = storage_class_name(type);
+    ASSERT_NE(name, nullptr) << c10::toString(type);
+    EXPECT_EQ(storage_scalar_type(name), type) << name;
+  }
+  // A QUInt4x2 storage's element is a byte holding two 4-bit values (c10::elementSize).
+  std::vector<StorageClaim> claims;
+  EXPECT_EQ(pickle_fault(storage_pickle("QUInt4x2Storage", bytes("K\x06", 2)), &claims), "");
+  ASSERT_EQ(claims.size(), 1u);
+  EXPECT_EQ(claims[0].bytes, 6u);
+}
+
+// Read mode makes every check of validate mode itself, after the pickle's name.
+TEST(PickleCheckTest, ReadModeChecksAsValidateModeDoes) {
+  const std::map<std::string, ZipEntry> records;
+  const std::string short_stack = bytes("\x80\x02}q\x00\x87.", 7);
+  EXPECT_THAT([&] { read_state_dict_pickle({"archive/data.pkl", short_stack, true}, records); },
+              ThrowsMessage<Error>("archive/data.pkl: opcode 0x87 at byte 5 needs 3 values on "
+                                   "the stack, found 1"));
+  const std::string no_storage = storage_pickle("EvilStorage", bytes("K\x06", 2));
+  EXPECT_THAT([&] { read_state_dict_pickle({"archive/data.pkl", no_storage, true}, records); },
+              ThrowsMessage<Error>(HasSubstr("names torch.EvilStorage, not a torch storage class")));
+  const std::string empty_dict = bytes("\x80\x02}.", 4);
+  EXPECT_TRUE(read_state_dict_pickle({"archive/data.pkl", empty_dict, true}, records).empty());
 }
 
 // The weights file on which LibTorch 1.13's unpickler reserved 1.6 GB for a

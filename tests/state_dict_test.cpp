@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "../src/io/pickle_check.h"
+#include "../src/io/pickle.h"
 #include "../src/io/zip_check.h"
 #include "support/test_support.h"
 #include "trainloop/checkpoint.h"

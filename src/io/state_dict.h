@@ -6,7 +6,7 @@
 // cannot read what Python's `torch.save(model.state_dict())` writes (the
 // OrderedDict's _metadata, a one-entry dict's SETITEM, Parameters), and its
 // unchecked stack, lengths and storages let hostile files crash it (see
-// pickle_check.h). This one understands only what a state dict holds: a dict
+// pickle.h). This one understands only what a state dict holds: a dict
 // of names to tensors, rebuilt from their storages. Private to the library.
 
 #include <torch/torch.h>

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 
+#include "pickle.h"
 #include "state_dict.h"
 #include "trainloop/error.h"
 
@@ -24,24 +25,12 @@ namespace trainloop::io {
 
 namespace {
 
-// The class torch.save names a storage of `type` by (see storage_type in
-// state_dict.cpp, which reads them); nullptr for a type it has none for.
+// The class torch.save names a storage of `type` by; nullptr for a type it
+// has none for. Quantized tensors are refused before, and Python's torch
+// 1.13 has no ComplexHalfStorage to load.
 const char* storage_class(torch::ScalarType type) {
-  switch (type) {
-    case torch::kBool: return "BoolStorage";
-    case torch::kUInt8: return "ByteStorage";
-    case torch::kInt8: return "CharStorage";
-    case torch::kInt16: return "ShortStorage";
-    case torch::kInt32: return "IntStorage";
-    case torch::kInt64: return "LongStorage";
-    case torch::kHalf: return "HalfStorage";
-    case torch::kBFloat16: return "BFloat16Storage";
-    case torch::kFloat: return "FloatStorage";
-    case torch::kDouble: return "DoubleStorage";
-    case torch::kComplexFloat: return "ComplexFloatStorage";
-    case torch::kComplexDouble: return "ComplexDoubleStorage";
-    default: return nullptr;
-  }
+  if (type == torch::kComplexHalf || c10::isQIntType(type)) return nullptr;
+  return storage_class_name(type);
 }
 
 bool little_endian() {

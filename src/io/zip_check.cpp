@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "pickle_check.h"
+#include "pickle.h"
 
 namespace trainloop::io {
 
