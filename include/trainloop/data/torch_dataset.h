@@ -44,9 +44,10 @@ struct IsVector<std::vector<T, Allocator>> : std::true_type {};
 /// `Example<Tensor, NoTarget>`). The order of epoch e is
 /// `epoch_permutation(size, seed, e)`, as for `Epochs` (both order their
 /// examples with `ExampleOrder`), so a resumed run sees the same batches,
-/// and a data-parallel fit shards it as it shards `Epochs`. The dataset is held by a shared pointer, so copies
-/// of the source share it. A dataset's `get` runs on the thread that asks
-/// for the batch (a background one under `prefetch`).
+/// and a data-parallel fit shards it as it shards `Epochs`. The dataset is
+/// held by a shared pointer, so copies of the source share it. A dataset's
+/// `get` runs on the thread that asks for the batch (a background one under
+/// `prefetch`).
 /// Example: `TorchDataset(torch::data::datasets::MNIST(dir), 64).seed(42)`
 template <class Dataset>
 class TorchDataset : public BatchSource {
