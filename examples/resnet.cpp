@@ -73,6 +73,9 @@ class Augmented : public tl::data::BatchSource {
     epoch_ = epoch;
   }
   int64_t batch_count() const override { return epochs_.batch_count(); }
+  // The order is the wrapped Epochs': it shuffles, and shards data-parallel.
+  bool shuffles() const override { return epochs_.shuffles(); }
+  void shard(int64_t rank, int64_t world_size, bool pad) override { epochs_.shard(rank, world_size, pad); }
   tl::data::Batch batch(int64_t index) const override {
     tl::data::Batch batch = epochs_.batch(index);
     const int64_t height = batch.inputs.size(2), width = batch.inputs.size(3);

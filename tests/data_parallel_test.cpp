@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../src/distributed/gradient_reducer.h"
@@ -14,6 +15,8 @@
 #include "support/test_support.h"
 #include "support/toy_task.h"
 #include "trainloop/callbacks/checkpoint.h"
+#include "trainloop/data/prefetch.h"
+#include "trainloop/data/torch_dataset.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
@@ -157,10 +160,15 @@ struct FitResult {
   std::map<std::string, double> evaluation;
 };
 
+// Which kind of source serves the fit's data: the same examples in the same
+// order from each.
+enum class Feed { epochs, torch_dataset, prefetched };
+
 struct FitSettings {
   int64_t batch = 8;        // per rank
   int64_t accumulate = 1;
   distributed::DataParallelOptions parallel;
+  Feed feed = Feed::epochs;
 };
 
 const data::TensorDataset& training_set() {
@@ -173,19 +181,51 @@ const data::TensorDataset& validation_set() {
   return data;
 }
 
+// The rows of a TensorDataset as a map-style torch::data dataset.
+struct Rows : torch::data::datasets::Dataset<Rows> {
+  explicit Rows(data::TensorDataset all) : rows(std::move(all)) {}
+  torch::data::Example<> get(size_t index) override {
+    const auto i = static_cast<int64_t>(index);
+    return {rows.inputs[i], rows.targets[i]};
+  }
+  torch::optional<size_t> size() const override { return static_cast<size_t>(rows.size()); }
+  data::TensorDataset rows;
+};
+
+// The training data, reshuffled every epoch, as `feed` serves it.
+data::DataSource training_source(Feed feed, int64_t batch) {
+  switch (feed) {
+    case Feed::torch_dataset: return data::TorchDataset(Rows(training_set()), batch).seed(3);
+    case Feed::prefetched: return data::prefetch(data::Epochs(training_set(), batch).seed(3));
+    case Feed::epochs: break;
+  }
+  return data::Epochs(training_set(), batch).seed(3);
+}
+
+// The validation data in its order, as `feed` serves it.
+data::DataSource validation_source(Feed feed, int64_t batch) {
+  switch (feed) {
+    case Feed::torch_dataset:
+      return data::TorchDataset(Rows(validation_set()), batch).shuffle(false);
+    case Feed::prefetched: return data::prefetch(data::Batches(validation_set(), batch));
+    case Feed::epochs: break;
+  }
+  return data::Batches(validation_set(), batch);
+}
+
 // One fit of 3 epochs: data-parallel when `group` is given (each rank
 // starting from its own weights, which the broadcast makes rank 0's).
 FitResult fit_run(Net net, const FitSettings& settings,
             std::shared_ptr<distributed::ProcessGroup> group) {
   torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  TrainingLoop loop(data::Epochs(training_set(), settings.batch).seed(3),
-                    data::Batches(validation_set(), 8), optimizer, losses::cross_entropy,
+  TrainingLoop loop(training_source(settings.feed, settings.batch),
+                    validation_source(settings.feed, 8), optimizer, losses::cross_entropy,
                     {metrics::accuracy(), metrics::matthews_correlation()});
   loop.handle_signals(false).accumulate_gradients(settings.accumulate);
   loop.data_parallel(group, settings.parallel);
   loop.fit(net, 3);
   FitResult run{copies(net->parameters()), loop.state().history, {}};
-  run.evaluation = loop.evaluate(net, data::Batches(validation_set(), 5));
+  run.evaluation = loop.evaluate(net, validation_source(settings.feed, 5));
   return run;
 }
 
@@ -228,6 +268,20 @@ TEST(DataParallelFitTest, EqualsOneProcessWithSmallBucketsAndNoOverlap) {
   settings.parallel.bucket_bytes(64).overlap(false);
   expect_data_parallel_equals_one_process(settings);
   settings.parallel.overlap(true);
+  expect_data_parallel_equals_one_process(settings);
+}
+
+// TorchDataset and prefetch shard as Epochs and Batches do: the data-parallel
+// fit (training padded, validation and evaluate split) matches one process.
+TEST(DataParallelFitTest, EqualsOneProcessFromATorchDataset) {
+  FitSettings settings;
+  settings.feed = Feed::torch_dataset;
+  expect_data_parallel_equals_one_process(settings);
+}
+
+TEST(DataParallelFitTest, EqualsOneProcessFromAPrefetchedSource) {
+  FitSettings settings;
+  settings.feed = Feed::prefetched;
   expect_data_parallel_equals_one_process(settings);
 }
 

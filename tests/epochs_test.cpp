@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "support/shards.h"
 #include "trainloop/data/tensor_dataset.h"
 #include "trainloop/error.h"
 
@@ -16,14 +19,13 @@ using testing::ThrowsMessage;
 using trainloop::Error;
 using trainloop::data::Batch;
 using trainloop::data::Batches;
+using trainloop::data::BatchSource;
 using trainloop::data::epoch_permutation;
 using trainloop::data::Epochs;
 using trainloop::data::TensorDataset;
-
-std::vector<int64_t> to_vector(const torch::Tensor& t) {
-  const torch::Tensor c = t.to(torch::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
+using trainloop::testing_support::expected_shard;
+using trainloop::testing_support::iota;
+using trainloop::testing_support::to_vector;
 
 // Inputs 0..n-1 and targets twice that, so every pair can be checked.
 TensorDataset paired(int64_t n) {
@@ -32,7 +34,7 @@ TensorDataset paired(int64_t n) {
 }
 
 // Collects every input of one epoch and checks that targets follow inputs.
-std::vector<int64_t> epoch_inputs(Epochs& epochs, int64_t epoch) {
+std::vector<int64_t> epoch_inputs(BatchSource& epochs, int64_t epoch) {
   epochs.start_epoch(epoch);
   std::vector<int64_t> seen;
   for (int64_t i = 0; i < epochs.batch_count(); ++i) {
@@ -43,11 +45,23 @@ std::vector<int64_t> epoch_inputs(Epochs& epochs, int64_t epoch) {
   return seen;
 }
 
-std::vector<int64_t> iota(int64_t n) {
-  std::vector<int64_t> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = i;
-  return v;
-}
+// Batches never shuffles: it has no shuffle() or seed() to call, and is no
+// Epochs to be converted to one.
+template <class Source, class = void>
+struct CanShuffle : std::false_type {};
+template <class Source>
+struct CanShuffle<Source, std::void_t<decltype(std::declval<Source&>().shuffle(true))>>
+    : std::true_type {};
+template <class Source, class = void>
+struct CanSeed : std::false_type {};
+template <class Source>
+struct CanSeed<Source, std::void_t<decltype(std::declval<Source&>().seed(1))>> : std::true_type {};
+static_assert(CanShuffle<Epochs>::value && CanSeed<Epochs>::value);
+static_assert(!CanShuffle<Batches>::value, "Batches must not be able to shuffle");
+static_assert(!CanSeed<Batches>::value, "Batches must not take a seed");
+static_assert(!std::is_convertible_v<Batches&, Epochs&>);
+static_assert(!std::is_convertible_v<Epochs&, Batches&>);
+static_assert(std::is_convertible_v<Batches, trainloop::data::DataSource>);
 
 TEST(EpochsTest, PermutationIsAPermutation) {
   for (const int64_t n : {0, 1, 2, 7, 100, 1000}) {
@@ -85,6 +99,7 @@ TEST(EpochsTest, BatchCounts) {
   EXPECT_EQ(Epochs(paired(9), 3).batch_count(), 3);
   EXPECT_EQ(Epochs(paired(2), 3).drop_last(true).batch_count(), 0);
   EXPECT_EQ(Batches(paired(10), 4).batch_count(), 3);
+  EXPECT_EQ(Batches(paired(10), 4).drop_last(true).batch_count(), 2);
 }
 
 TEST(EpochsTest, ShuffledEpochSeesEveryExampleOnce) {
@@ -104,8 +119,11 @@ TEST(EpochsTest, UnshuffledBatchesKeepOrderWithoutCopying) {
   Batches batches(data, 5);
   EXPECT_EQ(epoch_inputs(batches, 0), iota(23));
   EXPECT_FALSE(batches.order().defined());
+  EXPECT_FALSE(batches.shuffles());
   // narrow() gives a view of the dataset's storage.
   EXPECT_EQ(batches.batch(1).inputs.data_ptr<int64_t>(), data.inputs.data_ptr<int64_t>() + 5);
+  // No start_epoch needed for the data's own order.
+  EXPECT_EQ(to_vector(Batches(data, 5).batch(4).inputs), (std::vector<int64_t>{20, 21, 22}));
 }
 
 TEST(EpochsTest, LastBatchIsSmaller) {
@@ -168,17 +186,6 @@ TEST(EpochsTest, ShuffledBatchNeedsStartEpoch) {
               ThrowsMessage<Error>(HasSubstr("before start_epoch()")));
 }
 
-// Rank r's examples as DistributedSampler picks them: positions r, r + w,
-// r + 2w, ... of the order, padded (when asked) by wrapping around to its start.
-std::vector<int64_t> expected_shard(const std::vector<int64_t>& order, int64_t rank,
-                                    int64_t world, bool pad) {
-  const auto n = static_cast<int64_t>(order.size());
-  const int64_t total = pad ? (n + world - 1) / world * world : n;
-  std::vector<int64_t> shard;
-  for (int64_t i = rank; i < total; i += world) shard.push_back(order[static_cast<size_t>(i % n)]);
-  return shard;
-}
-
 TEST(EpochsTest, PaddedShardsSplitTheEpochsPermutation) {
   for (const int64_t world : {2, 3, 4}) {
     std::vector<int64_t> all;
@@ -238,6 +245,19 @@ TEST(EpochsTest, RejectsImpossibleShards) {
               ThrowsMessage<Error>(HasSubstr("Epochs: shard 2 of 2, expected a rank from 0 to 1")));
   EXPECT_THAT([&] { epochs.shard(0, 0, true); },
               ThrowsMessage<Error>(HasSubstr("Epochs: shard 0 of 0")));
+  Batches batches(paired(10), 4);
+  EXPECT_THAT([&] { batches.shard(-1, 2, false); },
+              ThrowsMessage<Error>(HasSubstr("Batches: shard -1 of 2")));
+}
+
+TEST(EpochsTest, ShardedBatchesNeedStartEpoch) {
+  Batches batches(paired(10), 4);
+  batches.shard(1, 2, /*pad=*/false);
+  EXPECT_THAT([&] { batches.batch(0); },
+              ThrowsMessage<Error>(HasSubstr("Batches: batch 0 requested before start_epoch()")));
+  batches.start_epoch(0);
+  EXPECT_EQ(to_vector(batches.batch(1).inputs), (std::vector<int64_t>{9}));
+  EXPECT_FALSE(batches.shuffles());
 }
 
 TEST(EpochsTest, DatasetRejectsMismatchedCounts) {

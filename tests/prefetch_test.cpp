@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/shards.h"
 #include "trainloop/callback.h"
 #include "trainloop/data/epochs.h"
 #include "trainloop/error.h"
@@ -24,12 +26,16 @@ using testing::HasSubstr;
 using testing::ThrowsMessage;
 using trainloop::Error;
 using trainloop::data::Batch;
+using trainloop::data::Batches;
 using trainloop::data::BatchSource;
 using trainloop::data::DataSource;
 using trainloop::data::Epochs;
 using trainloop::data::prefetch;
 using trainloop::data::PrefetchOptions;
 using trainloop::data::TensorDataset;
+using trainloop::testing_support::expected_shard;
+using trainloop::testing_support::iota;
+using trainloop::testing_support::to_vector;
 
 // Far longer than any correct run needs; reaching it fails the test.
 constexpr auto kPatience = std::chrono::seconds(20);
@@ -252,6 +258,66 @@ TEST(PrefetchTest, BadUse) {
               ThrowsMessage<Error>(HasSubstr("Epochs: start_epoch(-1)")));
   EXPECT_THAT([&] { source->batch(0); },
               ThrowsMessage<Error>(HasSubstr("requested before start_epoch()")));
+}
+
+// Example i's input is i.
+TensorDataset indexed(int64_t n) {
+  const torch::Tensor x = torch::arange(n, torch::kLong);
+  return TensorDataset(x, x % 4);
+}
+
+std::vector<int64_t> epoch_inputs(BatchSource& source, int64_t epoch) {
+  source.start_epoch(epoch);
+  std::vector<int64_t> seen;
+  for (int64_t b = 0; b < source.batch_count(); ++b) {
+    for (const int64_t x : to_vector(source.batch(b).inputs)) seen.push_back(x);
+  }
+  return seen;
+}
+
+TEST(PrefetchTest, ShardsTheSourceAsDistributedSamplerDoes) {
+  for (const bool pad : {true, false}) {
+    std::vector<int64_t> all;
+    for (int64_t rank = 0; rank < 3; ++rank) {
+      const auto source = prefetch(Epochs(indexed(10), 3).seed(4), PrefetchOptions().depth(2));
+      source->shard(rank, 3, pad);
+      const auto seen = epoch_inputs(*source, 1);
+      const auto order = trainloop::data::epoch_permutation(10, 4, 1);
+      EXPECT_EQ(seen, expected_shard(to_vector(order), rank, 3, pad))
+          << "rank " << rank << (pad ? " padded" : "");
+      all.insert(all.end(), seen.begin(), seen.end());
+    }
+    // Padded: 12 examples, the order's first two twice; unpadded: each once.
+    EXPECT_EQ(all.size(), pad ? 12u : 10u);
+    std::sort(all.begin(), all.end());
+    all.erase(std::unique(all.begin(), all.end()), all.end());
+    EXPECT_EQ(all, iota(10));
+  }
+}
+
+TEST(PrefetchTest, ShardDropsTheBatchesPreparedForTheOldOrder) {
+  Batches whole(indexed(12), 2);
+  const auto source = prefetch(whole, PrefetchOptions().depth(4));
+  source->start_epoch(0);
+  EXPECT_EQ(to_vector(source->batch(0).inputs), (std::vector<int64_t>{0, 1}));
+  source->shard(1, 2, /*pad=*/false);
+  EXPECT_THAT([&] { source->batch(1); },
+              ThrowsMessage<Error>(HasSubstr("prefetch: batch 1 requested before start_epoch()")));
+  EXPECT_EQ(source->batch_count(), 3);
+  EXPECT_EQ(epoch_inputs(*source, 0), expected_shard(iota(12), 1, 2, false));
+  // And whole again, with none of the shard's batches left over.
+  source->shard(0, 1, /*pad=*/false);
+  EXPECT_EQ(epoch_inputs(*source, 0), iota(12));
+}
+
+TEST(PrefetchTest, ShardAndShufflesAreTheSources) {
+  EXPECT_TRUE(prefetch(Epochs(indexed(4), 2))->shuffles());
+  EXPECT_FALSE(prefetch(Batches(indexed(4), 2))->shuffles());
+  EXPECT_THAT([] { prefetch(Epochs(indexed(4), 2))->shard(2, 2, true); },
+              ThrowsMessage<Error>(HasSubstr("Epochs: shard 2 of 2")));
+  const auto own = prefetch(std::shared_ptr<BatchSource>(std::make_shared<Recording>(3)));
+  EXPECT_THAT([&] { own->shard(1, 2, true); },
+              ThrowsMessage<Error>(HasSubstr("cannot be split among 2 processes (rank 1)")));
 }
 
 // In a fit whose callback cancels every epoch after three batches: the same

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "support/shards.h"
 #include "trainloop/data/idx.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
@@ -26,6 +28,9 @@ using trainloop::data::epoch_permutation;
 using trainloop::data::Epochs;
 using trainloop::data::TensorDataset;
 using trainloop::data::TorchDataset;
+using trainloop::testing_support::expected_shard;
+using trainloop::testing_support::iota;
+using trainloop::testing_support::to_vector;
 
 // A user's dataset: example i is the features [i, -i] with target i % 3.
 struct Counting : torch::data::datasets::Dataset<Counting> {
@@ -60,9 +65,14 @@ std::vector<int64_t> indices_of(const Batch& batch) {
   return std::vector<int64_t>(first.data_ptr<int64_t>(), first.data_ptr<int64_t>() + first.numel());
 }
 
-std::vector<int64_t> to_vector(const torch::Tensor& t) {
-  const torch::Tensor c = t.to(torch::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+// All of `dataset`'s examples in tensors, for Epochs.
+TensorDataset as_tensors(Counting& dataset) {
+  std::vector<torch::Tensor> inputs, targets;
+  for (size_t i = 0; i < dataset.n; ++i) {
+    inputs.push_back(dataset.get(i).data);
+    targets.push_back(dataset.get(i).target);
+  }
+  return TensorDataset(torch::stack(inputs), torch::stack(targets));
 }
 
 TEST(TorchDatasetTest, StacksExamplesInOrder) {
@@ -102,12 +112,7 @@ TEST(TorchDatasetTest, ShufflesByEpochPermutation) {
 
 TEST(TorchDatasetTest, SameBatchesAsEpochsOverTheSameTensors) {
   Counting dataset(11);
-  std::vector<torch::Tensor> inputs, targets;
-  for (size_t i = 0; i < 11; ++i) {
-    inputs.push_back(dataset.get(i).data);
-    targets.push_back(dataset.get(i).target);
-  }
-  Epochs epochs(TensorDataset(torch::stack(inputs), torch::stack(targets)), 4);
+  Epochs epochs(as_tensors(dataset), 4);
   epochs.seed(3);
   TorchDataset source(dataset, 4);
   source.seed(3);
@@ -163,6 +168,64 @@ TEST(TorchDatasetTest, BadInput) {
   EXPECT_THAT([&] { ragged.batch(0); },
               ThrowsMessage<Error>(HasSubstr(
                   "TorchDataset: batch 0: example 2 has data [3], example 0 [2]")));
+}
+
+// Every example index of one epoch, batch by batch.
+template <class Source>
+std::vector<int64_t> epoch_indices(Source& source, int64_t epoch) {
+  source.start_epoch(epoch);
+  std::vector<int64_t> seen;
+  for (int64_t b = 0; b < source.batch_count(); ++b) {
+    const std::vector<int64_t> indices = indices_of(source.batch(b));
+    seen.insert(seen.end(), indices.begin(), indices.end());
+  }
+  return seen;
+}
+
+TEST(TorchDatasetTest, PaddedShardsSplitTheEpochsPermutation) {
+  for (const int64_t world : {2, 3, 4}) {
+    for (int64_t rank = 0; rank < world; ++rank) {
+      TorchDataset source(Counting(10), 3);
+      source.seed(7).shard(rank, world, /*pad=*/true);
+      const auto order = to_vector(epoch_permutation(10, 7, 2));
+      EXPECT_EQ(epoch_indices(source, 2), expected_shard(order, rank, world, true))
+          << rank << " of " << world;
+      EXPECT_EQ(source.example_count(), (10 + world - 1) / world);
+      EXPECT_EQ(source.batch_count(), ((10 + world - 1) / world + 2) / 3);
+    }
+  }
+}
+
+TEST(TorchDatasetTest, UnpaddedShardsHoldEachExampleOnce) {
+  std::vector<int64_t> all;
+  for (int64_t rank = 0; rank < 3; ++rank) {
+    TorchDataset source(Counting(10), 4);
+    source.shuffle(false).shard(rank, 3, /*pad=*/false);
+    const auto seen = epoch_indices(source, 0);
+    EXPECT_EQ(seen, expected_shard(iota(10), rank, 3, false)) << "rank " << rank;
+    EXPECT_EQ(source.example_count(), rank == 0 ? 4 : 3);
+    all.insert(all.end(), seen.begin(), seen.end());
+  }
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, iota(10));
+}
+
+TEST(TorchDatasetTest, ShardsLikeEpochsAndWholeAgainAtZeroOfOne) {
+  Counting dataset(11);
+  Epochs epochs(as_tensors(dataset), 2);
+  epochs.seed(5).shard(1, 2, /*pad=*/true);
+  TorchDataset source(dataset, 2);
+  source.seed(5).shard(1, 2, /*pad=*/true);
+  epochs.start_epoch(3);
+  source.start_epoch(3);
+  ASSERT_EQ(source.batch_count(), epochs.batch_count());
+  for (int64_t b = 0; b < epochs.batch_count(); ++b) {
+    EXPECT_TRUE(torch::equal(source.batch(b).inputs, epochs.batch(b).inputs)) << "batch " << b;
+  }
+  source.shard(0, 1, /*pad=*/false);
+  EXPECT_EQ(epoch_indices(source, 3), to_vector(epoch_permutation(11, 5, 3)));
+  EXPECT_THAT([&] { source.shard(3, 2, true); },
+              ThrowsMessage<Error>(HasSubstr("TorchDataset: shard 3 of 2, expected a rank")));
 }
 
 // Same model, same order: a fit from the adapter ends at the very weights of

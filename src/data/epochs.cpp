@@ -1,207 +1,42 @@
 #include "trainloop/data/epochs.h"
 
-#include <fmt/format.h>
-
-#include <algorithm>
 #include <utility>
 
-#include "trainloop/error.h"
-
 namespace trainloop::data {
+namespace detail {
 namespace {
 
-// The shuffle is written out by hand rather than taken from std::shuffle,
-// std::uniform_int_distribution or torch::randperm: their output differs
-// between standard libraries and LibTorch versions, and a run resumed from a
-// checkpoint must see exactly the batches it would have seen without stopping.
-// splitmix64 and xoshiro256** are fully specified, so the order is the same
-// everywhere (https://prng.di.unimi.it/).
-
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-class Xoshiro256StarStar {
- public:
-  // Seeded through splitmix64, as the authors recommend, so that nearby seeds
-  // and epochs give unrelated streams.
-  Xoshiro256StarStar(uint64_t seed, uint64_t epoch) {
-    uint64_t mixer = seed;
-    uint64_t state = splitmix64(mixer) ^ epoch;
-    for (uint64_t& word : s_) word = splitmix64(state);
-  }
-
-  uint64_t next() {
-    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
-    const uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return result;
-  }
-
-  // A uniform draw from [0, range) by Lemire's multiply-and-reject method;
-  // a plain modulo would favour small values.
-  uint64_t below(uint64_t range) {
-    uint64_t low = 0;
-    uint64_t high = multiply(next(), range, low);
-    if (low < range) {
-      const uint64_t threshold = (0 - range) % range;
-      while (low < threshold) high = multiply(next(), range, low);
-    }
-    return high;
-  }
-
- private:
-  // 64x64 -> 128-bit product from 32-bit halves: unsigned __int128 is not
-  // available on every compiler we promise to build with.
-  static uint64_t multiply(uint64_t a, uint64_t b, uint64_t& low) {
-    const uint64_t a_lo = a & 0xffffffffULL, a_hi = a >> 32;
-    const uint64_t b_lo = b & 0xffffffffULL, b_hi = b >> 32;
-    const uint64_t lo_lo = a_lo * b_lo;
-    const uint64_t hi_lo = a_hi * b_lo;
-    const uint64_t lo_hi = a_lo * b_hi;
-    const uint64_t hi_hi = a_hi * b_hi;
-    const uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xffffffffULL) + lo_hi;
-    low = (cross << 32) | (lo_lo & 0xffffffffULL);
-    return hi_hi + (hi_lo >> 32) + (cross >> 32);
-  }
-
-  uint64_t s_[4];
-};
-
-// Validates before the members are built, so Batches can name itself.
-TensorDataset checked(TensorDataset dataset, int64_t batch_size, const char* who) {
-  if (batch_size <= 0) {
-    throw Error(fmt::format("{}: batch size {}, expected a positive number", who, batch_size));
-  }
-  if (dataset.size() == 0) {
-    throw Error(fmt::format("{}: the dataset holds no examples, expected at least one", who));
-  }
-  return dataset;
+// ExampleOrder rejects an empty dataset, whose inputs have no device to ask.
+torch::Device device_of(const TensorDataset& dataset) {
+  return dataset.inputs.defined() ? dataset.inputs.device() : torch::Device(torch::kCPU);
 }
 
 }  // namespace
 
-torch::Tensor epoch_permutation(int64_t size, uint64_t seed, int64_t epoch) {
-  if (size < 0) {
-    throw Error(fmt::format("epoch_permutation: size {}, expected 0 or more", size));
-  }
-  torch::Tensor order = torch::arange(size, torch::kLong);
-  int64_t* p = order.data_ptr<int64_t>();
-  Xoshiro256StarStar generator(seed, static_cast<uint64_t>(epoch));
-  // Fisher-Yates from the top down.
-  for (int64_t i = size - 1; i > 0; --i) {
-    const auto j = static_cast<int64_t>(generator.below(static_cast<uint64_t>(i) + 1));
-    std::swap(p[i], p[j]);
-  }
-  return order;
+TensorBatches::TensorBatches(TensorDataset dataset, int64_t batch_size, const char* who,
+                             bool shuffle)
+    : dataset_(std::move(dataset)),
+      order_(dataset_.size(), batch_size, who, shuffle, device_of(dataset_)) {}
+
+void TensorBatches::start_epoch(int64_t epoch) { order_.start_epoch(epoch); }
+
+int64_t TensorBatches::batch_count() const { return order_.batch_count(); }
+
+void TensorBatches::shard(int64_t rank, int64_t world_size, bool pad) {
+  order_.shard(rank, world_size, pad);
 }
 
-void BatchSource::shard(int64_t rank, int64_t world_size, bool /*pad*/) {
-  if (rank == 0 && world_size == 1) return;
-  throw Error(fmt::format("this BatchSource cannot be split among {} processes (rank {}): "
-                          "implement BatchSource::shard to train it data-parallel",
-                          world_size, rank));
-}
+bool TensorBatches::shuffles() const { return order_.shuffle(); }
 
-Epochs::Epochs(TensorDataset dataset, int64_t batch_size)
-    : dataset_(checked(std::move(dataset), batch_size, "Epochs")), batch_size_(batch_size) {}
-
-// Changing the order's settings forgets the drawn order, so a stale one can
-// never be served; the next start_epoch() draws it afresh.
-Epochs& Epochs::shuffle(bool on) {
-  shuffle_ = on;
-  order_ = torch::Tensor();
-  return *this;
-}
-
-Epochs& Epochs::drop_last(bool on) {
-  drop_last_ = on;
-  return *this;
-}
-
-Epochs& Epochs::seed(uint64_t seed) {
-  seed_ = seed;
-  order_ = torch::Tensor();
-  return *this;
-}
-
-void Epochs::shard(int64_t rank, int64_t world_size, bool pad) {
-  if (world_size < 1 || rank < 0 || rank >= world_size) {
-    throw Error(fmt::format("Epochs: shard {} of {}, expected a rank from 0 to {} and at least one "
-                            "process",
-                            rank, world_size, world_size - 1));
-  }
-  rank_ = rank;
-  world_size_ = world_size;
-  pad_ = pad;
-  order_ = torch::Tensor();
-}
-
-void Epochs::start_epoch(int64_t epoch) {
-  if (epoch < 0) {
-    throw Error(fmt::format("Epochs: start_epoch({}), expected an epoch of 0 or more", epoch));
-  }
-  if (!shuffle_ && world_size_ == 1) return;
-  const int64_t n = dataset_.size();
-  torch::Tensor order = shuffle_ ? epoch_permutation(n, seed_, epoch) : torch::arange(n, torch::kLong);
-  if (world_size_ > 1) {
-    // DistributedSampler's split: pad by repeating the order from its start
-    // (as often as needed) to a multiple of the world size, then every
-    // world_size-th position from this rank's.
-    if (pad_ && n % world_size_ != 0) {
-      const int64_t total = (n + world_size_ - 1) / world_size_ * world_size_;
-      order = order.repeat({(total + n - 1) / n}).narrow(0, 0, total);
-    }
-    order = order.slice(0, rank_, order.size(0), world_size_).contiguous();
-  }
-  // Index where the data lives, so index_select needs no transfer per batch.
-  order_ = order.to(dataset_.inputs.device());
-}
-
-int64_t Epochs::example_count() const {
-  if (world_size_ == 1) return dataset_.size();
-  const int64_t n = dataset_.size();
-  if (pad_) return (n + world_size_ - 1) / world_size_;
-  return n / world_size_ + (rank_ < n % world_size_ ? 1 : 0);
-}
-
-int64_t Epochs::batch_count() const {
-  const int64_t n = example_count();
-  return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
-}
-
-Batch Epochs::batch(int64_t index) const {
-  const int64_t count = batch_count();
-  if (index < 0 || index >= count) {
-    throw Error(fmt::format("Epochs: batch {} out of range, expected 0 to {} ({} batches)", index,
-                            count - 1, count));
-  }
-  const int64_t start = index * batch_size_;
-  const int64_t length = std::min(batch_size_, example_count() - start);
-  if (!shuffle_ && world_size_ == 1) {
+Batch TensorBatches::batch(int64_t index) const {
+  if (order_.consecutive()) {
     // Consecutive examples: a view, no copy.
+    const auto [start, length] = order_.span(index);
     return {dataset_.inputs.narrow(0, start, length),
             dataset_.targets.defined() ? dataset_.targets.narrow(0, start, length)
                                        : torch::Tensor()};
   }
-  // A silent fallback to epoch 0 would hide a loop that forgot start_epoch()
-  // and trains on the same order every epoch; say so instead.
-  if (!order_.defined()) {
-    throw Error(fmt::format(
-        "Epochs: batch {} requested before start_epoch(), expected start_epoch(epoch) first",
-        index));
-  }
-  const torch::Tensor rows = order_.narrow(0, start, length);
+  const torch::Tensor rows = order_.rows(index);
   Batch batch{dataset_.inputs.index_select(0, rows), torch::Tensor()};
   if (dataset_.targets.defined()) {
     batch.targets = dataset_.targets.index_select(0, rows.to(dataset_.targets.device()));
@@ -209,9 +44,32 @@ Batch Epochs::batch(int64_t index) const {
   return batch;
 }
 
+}  // namespace detail
+
+Epochs::Epochs(TensorDataset dataset, int64_t batch_size)
+    : TensorBatches(std::move(dataset), batch_size, "Epochs", /*shuffle=*/true) {}
+
+Epochs& Epochs::shuffle(bool on) {
+  order_.shuffle(on);
+  return *this;
+}
+
+Epochs& Epochs::drop_last(bool on) {
+  order_.drop_last(on);
+  return *this;
+}
+
+Epochs& Epochs::seed(uint64_t seed) {
+  order_.seed(seed);
+  return *this;
+}
+
 Batches::Batches(TensorDataset dataset, int64_t batch_size)
-    : Epochs(checked(std::move(dataset), batch_size, "Batches"), batch_size) {
-  shuffle(false);
+    : TensorBatches(std::move(dataset), batch_size, "Batches", /*shuffle=*/false) {}
+
+Batches& Batches::drop_last(bool on) {
+  order_.drop_last(on);
+  return *this;
 }
 
 }  // namespace trainloop::data

@@ -159,6 +159,14 @@ class Prefetcher final : public BatchSource {
     return started_ ? count_ : worker_->source().batch_count();
   }
 
+  // The batches prepared for the old shard are dropped, and until the next
+  // start_epoch none is served: the new order is the source's to draw.
+  void shard(int64_t rank, int64_t world_size, bool pad) override {
+    worker_->stop();
+    started_ = false;
+    worker_->source().shard(rank, world_size, pad);
+  }
+
   bool shuffles() const override { return worker_->source().shuffles(); }
 
   Batch batch(int64_t index) const override {

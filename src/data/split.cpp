@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "trainloop/data/epochs.h"
+#include "trainloop/data/example_order.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data {

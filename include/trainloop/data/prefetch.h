@@ -7,7 +7,7 @@
 
 #include "trainloop/export.h"
 #include "trainloop/data/batch.h"
-#include "trainloop/data/epochs.h"
+#include "trainloop/data/batch_source.h"
 
 namespace trainloop::data {
 
@@ -33,8 +33,11 @@ struct PrefetchOptions {
 /// it; asking for batch i again retries it. Destruction stops and joins the
 /// thread, waiting for a `source.batch` call in progress to return. Only the
 /// background thread calls `source.batch` while an epoch runs, so the source
-/// needs no locking. Throws `Error` for a depth < 1, a null source, or a
-/// batch out of range or before `start_epoch`.
+/// needs no locking. `shard` and `shuffles` are the source's: `shard`
+/// stops the thread, drops the batches it prepared, and shards the source,
+/// whose next `start_epoch` draws the shard's order; so a prefetched source
+/// trains data-parallel as the source itself does. Throws `Error` for a
+/// depth < 1, a null source, or a batch out of range or before `start_epoch`.
 /// Example: `TrainingLoop loop(data::prefetch(TorchDataset(images, 64)), …)`
 TRAINLOOP_API std::shared_ptr<BatchSource> prefetch(DataSource source,
                                                     PrefetchOptions options = {});

@@ -12,36 +12,15 @@
 
 #include "trainloop/export.h"
 #include "trainloop/data/batch.h"
-#include "trainloop/data/epochs.h"
+#include "trainloop/data/batch_source.h"
+#include "trainloop/data/example_order.h"
 
 namespace trainloop::data {
 
 namespace detail {
 
-/// The example order and batch boundaries of `TorchDataset`, apart from the
-/// template so that its checks and messages live in the library.
-class TRAINLOOP_API ExampleOrder {
- public:
-  /// Throws `Error` for a dataset without a size, an empty one, or a batch
-  /// size <= 0.
-  ExampleOrder(std::optional<size_t> size, int64_t batch_size);
-  /// Draws epoch `epoch`'s order from (seed, epoch) when shuffling.
-  void start_epoch(int64_t epoch);
-  /// Batches per epoch.
-  int64_t batch_count() const;
-  /// The dataset indices of batch `index`; `Error` when out of range or,
-  /// when shuffling, before `start_epoch`.
-  std::vector<size_t> batch_indices(int64_t index) const;
-
-  int64_t size = 0;
-  int64_t batch_size = 0;
-  bool shuffle = true;
-  bool drop_last = false;
-  uint64_t seed = 0;
-
- private:
-  std::vector<size_t> order_;
-};
+/// The size of a `TorchDataset`'s dataset; `Error` for one without a size.
+TRAINLOOP_API int64_t known_size(std::optional<size_t> size);
 
 /// Stacks per-example tensors into a batch; `Error` naming batch `index`
 /// and the dataset indices of two examples whose shapes differ.
@@ -63,10 +42,12 @@ struct IsVector<std::vector<T, Allocator>> : std::true_type {};
 /// a `Stack<>` transform. Examples must hold tensors; a batch's `data` and
 /// `target` are stacked along a new dimension 0 (targets stay undefined for
 /// `Example<Tensor, NoTarget>`). The order of epoch e is
-/// `epoch_permutation(size, seed, e)`, as for `Epochs`, so a resumed run
-/// sees the same batches. The dataset is held by a shared pointer, so copies
-/// of the source share it. A dataset's `get` runs on the thread that asks
-/// for the batch (a background one under `prefetch`).
+/// `epoch_permutation(size, seed, e)`, as for `Epochs` (both order their
+/// examples with `ExampleOrder`), so a resumed run sees the same batches,
+/// and a data-parallel fit shards it as it shards `Epochs`. The dataset is
+/// held by a shared pointer, so copies of the source share it. A dataset's
+/// `get` runs on the thread that asks for the batch (a background one under
+/// `prefetch`).
 /// Example: `TorchDataset(torch::data::datasets::MNIST(dir), 64).seed(42)`
 template <class Dataset>
 class TorchDataset : public BatchSource {
@@ -80,29 +61,33 @@ class TorchDataset : public BatchSource {
   /// `Error` for a dataset without a size, an empty one, or a batch size <= 0.
   TorchDataset(Dataset dataset, int64_t batch_size)
       : dataset_(std::make_shared<Dataset>(std::move(dataset))),
-        order_(size_of(*dataset_), batch_size) {}
+        order_(size_of(*dataset_), batch_size, "TorchDataset", /*shuffle=*/true) {}
 
   /// Whether to shuffle every epoch (default true).
   TorchDataset& shuffle(bool on) {
-    order_.shuffle = on;
+    order_.shuffle(on);
     return *this;
   }
   /// Whether to drop a last batch smaller than the batch size (default false).
   TorchDataset& drop_last(bool on) {
-    order_.drop_last = on;
+    order_.drop_last(on);
     return *this;
   }
   /// Seed of the per-epoch order (default 0).
   TorchDataset& seed(uint64_t seed) {
-    order_.seed = seed;
+    order_.seed(seed);
     return *this;
   }
 
   void start_epoch(int64_t epoch) override { order_.start_epoch(epoch); }
   int64_t batch_count() const override { return order_.batch_count(); }
-  bool shuffles() const override { return order_.shuffle; }
+  /// `ExampleOrder::shard`: DistributedSampler's split of the epoch's order.
+  void shard(int64_t rank, int64_t world_size, bool pad) override {
+    order_.shard(rank, world_size, pad);
+  }
+  bool shuffles() const override { return order_.shuffle(); }
   Batch batch(int64_t index) const override {
-    const std::vector<size_t> indices = order_.batch_indices(index);
+    const std::vector<size_t> indices = order_.indices(index);
     auto examples = dataset_->get_batch(c10::ArrayRef<size_t>(indices));
     using Result = decltype(examples);
     if constexpr (detail::IsVector<Result>::value) {
@@ -114,14 +99,16 @@ class TorchDataset : public BatchSource {
   }
 
   /// Number of examples.
-  int64_t size() const { return order_.size; }
+  int64_t size() const { return order_.size(); }
+  /// Examples in the current epoch: the dataset's size, or the shard's.
+  int64_t example_count() const { return order_.example_count(); }
   /// The wrapped dataset.
   Dataset& dataset() const { return *dataset_; }
 
  private:
-  static std::optional<size_t> size_of(const Dataset& dataset) {
+  static int64_t size_of(const Dataset& dataset) {
     const auto size = dataset.size();
-    return size ? std::optional<size_t>(*size) : std::nullopt;
+    return detail::known_size(size ? std::optional<size_t>(*size) : std::nullopt);
   }
 
   template <class Example>
@@ -161,7 +148,7 @@ class TorchDataset : public BatchSource {
   }
 
   std::shared_ptr<Dataset> dataset_;
-  detail::ExampleOrder order_;
+  ExampleOrder order_;
 };
 
 }  // namespace trainloop::data
