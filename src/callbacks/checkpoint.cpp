@@ -12,7 +12,7 @@
 
 #include "../checkpoint_restore.h"
 #include "../io/files.h"
-#include "monitor.h"
+#include "monitored_metric.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 
