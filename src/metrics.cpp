@@ -3,9 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,21 +40,6 @@ void check_batch(const std::string& metric, const torch::Tensor& outputs,
   }
 }
 
-// Adding a CUDA batch into a CPU accumulator (or back) would copy, and so
-// sync, on every update; a metric follows one device until reset().
-void check_device(const std::string& metric, const torch::Tensor& accumulator,
-                  const torch::Tensor& outputs) {
-  if (accumulator.defined() && accumulator.device() != outputs.device()) {
-    throw Error(fmt::format("{}: batch on {}, earlier batches on {}; reset() before moving", metric,
-                            outputs.device().str(), accumulator.device().str()));
-  }
-}
-
-torch::Tensor zeros_on(const torch::Tensor& outputs, torch::IntArrayRef sizes,
-                       torch::ScalarType dtype) {
-  return torch::zeros(sizes, torch::TensorOptions().dtype(dtype).device(outputs.device()));
-}
-
 // The helpers below return their input when there is nothing to do. Each
 // ATen call costs about a microsecond on the CPU even when it changes
 // nothing (detach of a tensor without history, reshape to its own shape,
@@ -75,23 +60,6 @@ torch::Tensor on_device(const torch::Tensor& tensor, const torch::Device& device
 torch::Tensor as_long(const torch::Tensor& tensor) {
   return tensor.scalar_type() == torch::kLong ? tensor : tensor.to(torch::kLong);
 }
-
-// The value a metric's compute() last read, until its state changes. Reading
-// it copies from the device (a sync on a GPU, a few ATen calls on the CPU),
-// and at an epoch's end the progress line, the CSV row, TensorBoard and the
-// history each ask for the same value.
-class LastValue {
- public:
-  template <class Read>
-  double get(Read&& read) const {
-    if (!value_) value_ = read();
-    return *value_;
-  }
-  void forget() { value_.reset(); }
-
- private:
-  mutable std::optional<double> value_;
-};
 
 // Class predictions and integer targets of one batch, both [N] int64 on the
 // outputs' device, by the rules documented for metrics::accuracy.
@@ -123,190 +91,224 @@ Labels labels_of(const std::string& metric, const torch::Tensor& outputs,
   return {without_history(outputs).argmax(1), as_long(actual), outputs.size(1)};
 }
 
-// The state every metric below keeps: a count of what was added and, once
-// something was, an accumulator tensor on the device.
-void save_accumulator(torch::serialize::OutputArchive& archive, const torch::Tensor& sum,
-                      int64_t count) {
-  archive.write("count", torch::tensor(count));
-  if (sum.defined()) archive.write("sum", sum, /*is_buffer=*/true);
+std::string sizes_text(const std::vector<int64_t>& sizes) {
+  return fmt::format("[{}]", fmt::join(sizes, ", "));
 }
 
-void load_accumulator(const std::string& metric, torch::serialize::InputArchive& archive,
-                      torch::Tensor& sum, int64_t& count) {
+// Whether `sizes` are those of `shape`, where a -1 in `shape` matches any size.
+bool fits(torch::IntArrayRef sizes, const std::vector<int64_t>& shape) {
+  if (sizes.size() != shape.size()) return false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] != -1 && shape[i] != sizes[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void Metric::save(torch::serialize::OutputArchive& /*archive*/) const {
+  throw Error(fmt::format("metric {}: save() is not implemented, so a checkpoint inside an epoch "
+                          "cannot hold its running value (override save and load, or derive from "
+                          "AccumulatingMetric)",
+                          name()));
+}
+
+void Metric::load(torch::serialize::InputArchive& /*archive*/) {
+  throw Error(fmt::format("metric {}: load() is not implemented", name()));
+}
+
+void Metric::all_reduce(const ReduceFunction& /*reduce*/) {
+  throw Error(fmt::format("metric {}: all_reduce() is not implemented, so a data-parallel fit "
+                          "cannot combine its value across processes (override all_reduce, or "
+                          "derive from AccumulatingMetric)",
+                          name()));
+}
+
+AccumulatingMetric::AccumulatingMetric(std::string name, torch::ScalarType dtype,
+                                       std::vector<int64_t> shape)
+    : name_(std::move(name)), dtype_(dtype), shape_(std::move(shape)) {
+  for (const int64_t size : shape_) {
+    if (size < -1) {
+      throw Error(fmt::format("{}: sum shape {}, expected sizes >= 0 or -1", name_,
+                              sizes_text(shape_)));
+    }
+  }
+}
+
+std::string AccumulatingMetric::name() const { return name_; }
+
+void AccumulatingMetric::reset() {
+  value_.reset();
+  sum_ = torch::Tensor();
+  count_ = 0;
+}
+
+// Checks what the host knows (device, sizes) and adds on the device: nothing
+// here reads a value back, so a GPU pipeline never waits for the metric.
+void AccumulatingMetric::accumulate(const torch::Tensor& batch_sum, int64_t count,
+                                    const torch::Scalar& scale) {
+  if (count < 0) throw Error(fmt::format("{}: a batch counted {}, expected >= 0", name_, count));
+  if (count == 0) return;
+  if (!batch_sum.defined()) throw Error(fmt::format("{}: the batch's sum is undefined", name_));
+  if (!sum_.defined()) {
+    if (!fits(batch_sum.sizes(), shape_)) {
+      throw Error(fmt::format("{}: batch sum {}, expected {}", name_, shape_of(batch_sum),
+                              sizes_text(shape_)));
+    }
+    sum_ = torch::zeros(batch_sum.sizes(),
+                        torch::TensorOptions().dtype(dtype_).device(batch_sum.device()));
+  } else if (batch_sum.device() != sum_.device()) {
+    // Adding a CUDA batch into a CPU sum (or back) would copy, and so sync,
+    // on every update; a metric follows one device until reset().
+    throw Error(fmt::format("{}: batch on {}, earlier batches on {}; reset() before moving", name_,
+                            batch_sum.device().str(), sum_.device().str()));
+  } else if (batch_sum.sizes() != sum_.sizes()) {
+    throw Error(fmt::format("{}: batch sum {}, earlier batches {}", name_, shape_of(batch_sum),
+                            shape_of(sum_)));
+  }
+  value_.reset();
+  // add_ converts to the sum's dtype as it adds: no extra tensor per batch.
+  sum_.add_(batch_sum, scale);
+  count_ += count;
+}
+
+double AccumulatingMetric::value(const torch::Tensor& sum, int64_t count) const {
+  return sum.item<double>() / static_cast<double>(count);
+}
+
+double AccumulatingMetric::compute() const {
+  if (!value_) value_ = count_ == 0 ? kNaN : value(sum_, count_);
+  return *value_;
+}
+
+void AccumulatingMetric::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("count", torch::tensor(count_));
+  if (sum_.defined()) archive.write("sum", sum_, /*is_buffer=*/true);
+}
+
+void AccumulatingMetric::load(torch::serialize::InputArchive& archive) {
   torch::Tensor saved_count;
   if (!archive.try_read("count", saved_count) || saved_count.numel() != 1) {
-    throw Error(fmt::format("{}: the saved state has no count", metric));
+    throw Error(fmt::format("{}: the saved state has no count", name_));
   }
   torch::Tensor saved_sum;
   const bool has_sum = archive.try_read("sum", saved_sum, /*is_buffer=*/true);
-  count = saved_count.item<int64_t>();
+  const int64_t count = saved_count.item<int64_t>();
   if (count < 0 || has_sum != (count > 0)) {
-    throw Error(fmt::format("{}: the saved state holds count {} {} an accumulator", metric, count,
+    throw Error(fmt::format("{}: the saved state holds count {} {} an accumulator", name_, count,
                             has_sum ? "with" : "without"));
   }
-  sum = has_sum ? saved_sum : torch::Tensor();
+  if (has_sum && (saved_sum.scalar_type() != dtype_ || !fits(saved_sum.sizes(), shape_))) {
+    throw Error(fmt::format("{}: the saved sum is {} {}, expected {} {}", name_,
+                            c10::toString(saved_sum.scalar_type()), shape_of(saved_sum),
+                            c10::toString(dtype_), sizes_text(shape_)));
+  }
+  value_.reset();
+  count_ = count;
+  sum_ = has_sum ? saved_sum : torch::Tensor();
 }
 
-// Sums an accumulator (of `shape`, or undefined when nothing was added) and
-// its count over every rank. A rank that has added nothing sends zeros, so
-// every rank sends the same shape; the counts travel in the same tensor, in
-// the accumulator's dtype (int64, or double: exact to 2^53).
-void reduce_accumulator(const ReduceFunction& reduce, torch::Tensor& sum, int64_t& count,
-                        std::vector<int64_t> shape, torch::ScalarType dtype) {
+void AccumulatingMetric::all_reduce(const ReduceFunction& reduce) {
+  value_.reset();
+  std::vector<int64_t> shape = shape_;
+  if (std::find(shape.begin(), shape.end(), -1) != shape.end()) {
+    // A process that has seen no batch does not know the sizes the first
+    // batch sets; -1 (its part) loses to any size in the max.
+    torch::Tensor sizes = torch::tensor(sum_.defined() ? sum_.sizes().vec() : shape, torch::kLong);
+    reduce(sizes, ReduceOp::max);
+    shape.assign(sizes.data_ptr<int64_t>(), sizes.data_ptr<int64_t>() + sizes.numel());
+    if (std::find(shape.begin(), shape.end(), -1) != shape.end()) return;  // no process has a sum
+    if (sum_.defined() && sum_.sizes() != torch::IntArrayRef(shape)) {
+      throw Error(fmt::format("{}: sum {} on this process, {} on another", name_, shape_of(sum_),
+                              sizes_text(shape)));
+    }
+  }
+  // The count travels in the sum's tensor, in its dtype (int64, or double:
+  // exact to 2^53), so one reduce carries both; a process that has added
+  // nothing sends zeros of the agreed shape.
   int64_t numel = 1;
   for (const int64_t size : shape) numel *= size;
   const torch::Tensor local =
-      sum.defined() ? sum.reshape({-1}).to(dtype) : torch::zeros({numel}, torch::dtype(dtype));
-  torch::Tensor packed = torch::cat({local, torch::full({1}, count, local.options())});
+      sum_.defined() ? sum_.reshape({-1}) : torch::zeros({numel}, torch::dtype(dtype_));
+  torch::Tensor packed = torch::cat({local, torch::full({1}, count_, local.options())});
   reduce(packed, ReduceOp::sum);
   const torch::Tensor total = packed.narrow(0, numel, 1).to(torch::kCPU, torch::kDouble);
-  count = static_cast<int64_t>(total.item<double>());
-  sum = count > 0 ? packed.narrow(0, 0, numel).reshape(shape).clone() : torch::Tensor();
+  count_ = static_cast<int64_t>(total.item<double>());
+  sum_ = count_ > 0 ? packed.narrow(0, 0, numel).reshape(shape).clone() : torch::Tensor();
 }
+
+namespace {
 
 // Batch loss weighted by examples ("loss") or by target elements
 // ("perplexity", which then takes exp of the mean).
-class MeanLoss final : public Metric {
+class MeanLoss final : public AccumulatingMetric {
  public:
-  MeanLoss(std::string name, bool per_token) : name_(std::move(name)), per_token_(per_token) {}
-
-  std::string name() const override { return name_; }
-
-  void reset() override {
-    value_.forget();
-    sum_ = torch::Tensor();
-    weight_ = 0;
-  }
+  MeanLoss(std::string name, bool per_token)
+      : AccumulatingMetric(std::move(name), torch::kDouble), per_token_(per_token) {}
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& loss) override {
-    value_.forget();
-    check_batch(name_, outputs, targets);
+    check_batch(name(), outputs, targets);
     if (!loss.defined() || loss.numel() != 1) {
-      throw Error(fmt::format("{}: batch loss {}, expected a scalar", name_,
+      throw Error(fmt::format("{}: batch loss {}, expected a scalar", name(),
                               loss.defined() ? shape_of(loss) : std::string("undefined")));
     }
     const int64_t weight = per_token_ ? targets.numel() : targets.size(0);
     // An empty batch has a NaN mean loss, which would poison the sum at weight 0.
     if (weight == 0) return;
-    check_device(name_, sum_, outputs);
-    if (!sum_.defined()) sum_ = zeros_on(outputs, {}, torch::kDouble);
-    // add_ converts to the accumulator's double as it adds: the same sum as
-    // a to(kDouble) first, without the extra tensor.
-    sum_.add_(on_device(with_shape(without_history(loss), {}), sum_.device()), weight);
-    weight_ += weight;
-  }
-
-  double compute() const override {
-    return value_.get([&] {
-      if (weight_ == 0) return kNaN;
-      const double mean = sum_.item<double>() / static_cast<double>(weight_);
-      return per_token_ ? std::exp(mean) : mean;
-    });
+    accumulate(on_device(with_shape(without_history(loss), {}), outputs.device()), weight, weight);
   }
 
   std::shared_ptr<Metric> clone() const override {
-    return std::make_shared<MeanLoss>(name_, per_token_);
-  }
-
-  void save(torch::serialize::OutputArchive& archive) const override {
-    save_accumulator(archive, sum_, weight_);
-  }
-  void load(torch::serialize::InputArchive& archive) override {
-    value_.forget();
-    load_accumulator(name_, archive, sum_, weight_);
-  }
-  void all_reduce(const ReduceFunction& reduce) override {
-    value_.forget();
-    reduce_accumulator(reduce, sum_, weight_, {}, torch::kDouble);
+    return std::make_shared<MeanLoss>(name(), per_token_);
   }
 
  private:
-  LastValue value_;
-  std::string name_;
+  // The sum is Σ batch loss × weight, in double.
+  double value(const torch::Tensor& sum, int64_t count) const override {
+    const double mean = AccumulatingMetric::value(sum, count);
+    return per_token_ ? std::exp(mean) : mean;
+  }
+
   bool per_token_;
-  torch::Tensor sum_;  // Σ batch loss × weight, double, on the outputs' device
-  int64_t weight_ = 0;
 };
 
-class Accuracy final : public Metric {
+// The sum is the int64 count of correct predictions.
+class Accuracy final : public AccumulatingMetric {
  public:
-  std::string name() const override { return "accuracy"; }
-
-  void reset() override {
-    value_.forget();
-    correct_ = torch::Tensor();
-    total_ = 0;
-  }
+  Accuracy() : AccumulatingMetric("accuracy", torch::kLong) {}
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& /*loss*/) override {
-    value_.forget();
     check_batch(name(), outputs, targets);
     const Labels labels = labels_of(name(), outputs, targets);
     if (outputs.size(0) == 0) return;
-    check_device(name(), correct_, outputs);
-    if (!correct_.defined()) correct_ = zeros_on(outputs, {}, torch::kLong);
-    correct_.add_(labels.predicted.eq(labels.actual).sum());
-    total_ += outputs.size(0);
-  }
-
-  double compute() const override {
-    return value_.get([&] {
-      if (total_ == 0) return kNaN;
-      return correct_.item<double>() / static_cast<double>(total_);
-    });
+    accumulate(labels.predicted.eq(labels.actual).sum(), outputs.size(0));
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<Accuracy>(); }
-
-  void save(torch::serialize::OutputArchive& archive) const override {
-    save_accumulator(archive, correct_, total_);
-  }
-  void load(torch::serialize::InputArchive& archive) override {
-    value_.forget();
-    load_accumulator(name(), archive, correct_, total_);
-  }
-  void all_reduce(const ReduceFunction& reduce) override {
-    value_.forget();
-    reduce_accumulator(reduce, correct_, total_, {}, torch::kLong);
-  }
-
- private:
-  LastValue value_;
-  torch::Tensor correct_;  // int64 count on the outputs' device
-  int64_t total_ = 0;
 };
 
-class TopKAccuracy final : public Metric {
+// The sum is the int64 count of targets among the k highest scores.
+class TopKAccuracy final : public AccumulatingMetric {
  public:
-  explicit TopKAccuracy(int64_t k) : k_(k), name_(fmt::format("top{}_accuracy", k)) {}
-
-  std::string name() const override { return name_; }
-
-  void reset() override {
-    value_.forget();
-    correct_ = torch::Tensor();
-    total_ = 0;
-  }
+  explicit TopKAccuracy(int64_t k)
+      : AccumulatingMetric(fmt::format("top{}_accuracy", k), torch::kLong), k_(k) {}
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& /*loss*/) override {
-    value_.forget();
-    check_batch(name_, outputs, targets);
+    check_batch(name(), outputs, targets);
     if (outputs.dim() != 2) {
       throw Error(
-          fmt::format("{}: outputs {}, expected [N, C] class scores", name_, shape_of(outputs)));
+          fmt::format("{}: outputs {}, expected [N, C] class scores", name(), shape_of(outputs)));
     }
     const int64_t n = outputs.size(0);
     const int64_t num_classes = outputs.size(1);
     if (targets.numel() != n) {
       throw Error(fmt::format("{}: targets {} for outputs {}, expected one class index each, [{}]",
-                              name_, shape_of(targets), shape_of(outputs), n));
+                              name(), shape_of(targets), shape_of(outputs), n));
     }
     if (n == 0) return;
-    check_device(name_, correct_, outputs);
-    if (!correct_.defined()) correct_ = zeros_on(outputs, {}, torch::kLong);
 
     const torch::Tensor scores = outputs.detach();
     const torch::Tensor actual =
@@ -324,169 +326,92 @@ class TopKAccuracy final : public Metric {
     const torch::Tensor ahead =
         scores.gt(target_score) | (scores.eq(target_score) & classes.gt(index));
     const torch::Tensor rank = ahead.sum(1, /*keepdim=*/false, torch::kLong);
-    correct_.add_((rank.lt(k_) & in_range).sum());
-    total_ += n;
-  }
-
-  double compute() const override {
-    return value_.get([&] {
-      if (total_ == 0) return kNaN;
-      return correct_.item<double>() / static_cast<double>(total_);
-    });
+    accumulate((rank.lt(k_) & in_range).sum(), n);
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<TopKAccuracy>(k_); }
 
-  void save(torch::serialize::OutputArchive& archive) const override {
-    save_accumulator(archive, correct_, total_);
-  }
-  void load(torch::serialize::InputArchive& archive) override {
-    value_.forget();
-    load_accumulator(name_, archive, correct_, total_);
-  }
-  void all_reduce(const ReduceFunction& reduce) override {
-    value_.forget();
-    reduce_accumulator(reduce, correct_, total_, {}, torch::kLong);
-  }
-
  private:
-  LastValue value_;
   int64_t k_;
-  std::string name_;
-  torch::Tensor correct_;  // int64 count on the outputs' device
-  int64_t total_ = 0;
 };
 
-class MatthewsCorrelation final : public Metric {
+// The sum is the [C, C] confusion matrix in double, rows true class, columns
+// predicted; C is the first batch's class count.
+class MatthewsCorrelation final : public AccumulatingMetric {
  public:
-  std::string name() const override { return "matthews_correlation"; }
-
-  void reset() override {
-    value_.forget();
-    confusion_ = torch::Tensor();
-    num_classes_ = 0;
-    total_ = 0;
-  }
+  MatthewsCorrelation() : AccumulatingMetric("matthews_correlation", torch::kDouble, {-1, -1}) {}
 
   void update(const torch::Tensor& outputs, const torch::Tensor& targets,
               const torch::Tensor& /*loss*/) override {
-    value_.forget();
     check_batch(name(), outputs, targets);
     const Labels labels = labels_of(name(), outputs, targets);
-    if (num_classes_ != 0 && labels.num_classes != num_classes_) {
+    if (num_classes() != 0 && labels.num_classes != num_classes()) {
       throw Error(fmt::format("{}: batch has {} classes, earlier batches {}", name(),
-                              labels.num_classes, num_classes_));
+                              labels.num_classes, num_classes()));
     }
     if (outputs.size(0) == 0) return;
-    check_device(name(), confusion_, outputs);
-    const int64_t c = labels.num_classes;
-    if (!confusion_.defined()) {
-      confusion_ = zeros_on(outputs, {c, c}, torch::kDouble);
-      num_classes_ = c;
-    }
     // One-hot(targets)ᵀ · one-hot(predictions) is this batch's confusion
     // matrix from dense ops alone. bincount would read the largest index back
     // to size its result (a sync on CUDA), and scatter-adds are flagged
     // nondeterministic there. A target outside [0, C) matches no row, which
-    // compute() notices from the total. Double counts stay exact to 2^53.
-    const torch::Tensor classes = torch::arange(c, labels.actual.options());
+    // value() notices from the count. Double counts stay exact to 2^53.
+    const torch::Tensor classes = torch::arange(labels.num_classes, labels.actual.options());
     const torch::Tensor truth = labels.actual.unsqueeze(1).eq(classes).to(torch::kDouble);
     const torch::Tensor guess = labels.predicted.unsqueeze(1).eq(classes).to(torch::kDouble);
-    confusion_.add_(truth.t().mm(guess));
-    total_ += outputs.size(0);
-  }
-
-  double compute() const override {
-    return value_.get([&] {
-      if (total_ == 0) return kNaN;
-      const torch::Tensor host = confusion_.to(torch::kCPU).contiguous();  // the one read
-      const auto counts = host.accessor<double, 2>();
-      const int64_t c = num_classes_;
-      std::vector<double> true_counts(c, 0.0);
-      std::vector<double> predicted_counts(c, 0.0);
-      double correct = 0.0;
-      double total = 0.0;
-      for (int64_t i = 0; i < c; ++i) {
-        for (int64_t j = 0; j < c; ++j) {
-          true_counts[i] += counts[i][j];
-          predicted_counts[j] += counts[i][j];
-          total += counts[i][j];
-        }
-        correct += counts[i][i];
-      }
-      if (total != static_cast<double>(total_)) {
-        throw Error(fmt::format("{}: {} of {} targets lie outside the classes 0..{}", name(),
-                                static_cast<double>(total_) - total, total_, c - 1));
-      }
-      // scikit-learn's matthews_corrcoef, the multiclass R_K statistic.
-      double true_dot_predicted = 0.0;
-      double true_squared = 0.0;
-      double predicted_squared = 0.0;
-      for (int64_t k = 0; k < c; ++k) {
-        true_dot_predicted += true_counts[k] * predicted_counts[k];
-        true_squared += true_counts[k] * true_counts[k];
-        predicted_squared += predicted_counts[k] * predicted_counts[k];
-      }
-      const double cov_ytyp = correct * total - true_dot_predicted;
-      const double cov_ypyp = total * total - predicted_squared;
-      const double cov_ytyt = total * total - true_squared;
-      const double denominator = cov_ytyt * cov_ypyp;
-      if (denominator == 0.0) return 0.0;  // one class only: undefined, reported 0
-      return cov_ytyp / std::sqrt(denominator);
-    });
+    accumulate(truth.t().mm(guess), outputs.size(0));
   }
 
   std::shared_ptr<Metric> clone() const override { return std::make_shared<MatthewsCorrelation>(); }
 
-  void save(torch::serialize::OutputArchive& archive) const override {
-    save_accumulator(archive, confusion_, total_);
-  }
   void load(torch::serialize::InputArchive& archive) override {
-    value_.forget();
-    load_accumulator(name(), archive, confusion_, total_);
-    if (confusion_.defined() && (confusion_.dim() != 2 || confusion_.size(0) != confusion_.size(1))) {
+    AccumulatingMetric::load(archive);
+    if (sum().defined() && sum().size(0) != sum().size(1)) {
       throw Error(fmt::format("{}: the saved confusion matrix is not square", name()));
     }
-    num_classes_ = confusion_.defined() ? confusion_.size(0) : 0;
-  }
-  void all_reduce(const ReduceFunction& reduce) override {
-    value_.forget();
-    // A rank that has seen no batch does not know the class count yet.
-    torch::Tensor classes = torch::full({1}, num_classes_, torch::kLong);
-    reduce(classes, ReduceOp::max);
-    const int64_t c = classes.item<int64_t>();
-    if (c == 0) return;  // no rank has seen a batch
-    if (num_classes_ != 0 && num_classes_ != c) {
-      throw Error(fmt::format("{}: {} classes on this rank, {} on another", name(), num_classes_, c));
-    }
-    reduce_accumulator(reduce, confusion_, total_, {c, c}, torch::kDouble);
-    num_classes_ = total_ > 0 ? c : 0;
   }
 
  private:
-  LastValue value_;
-  torch::Tensor confusion_;  // [C, C] double, rows true class, columns predicted
-  int64_t num_classes_ = 0;
-  int64_t total_ = 0;
+  int64_t num_classes() const { return sum().defined() ? sum().size(0) : 0; }
+
+  double value(const torch::Tensor& sum, int64_t count) const override {
+    const torch::Tensor host = sum.to(torch::kCPU).contiguous();  // the one read
+    const auto counts = host.accessor<double, 2>();
+    const int64_t c = host.size(0);
+    std::vector<double> true_counts(c, 0.0);
+    std::vector<double> predicted_counts(c, 0.0);
+    double correct = 0.0;
+    double total = 0.0;
+    for (int64_t i = 0; i < c; ++i) {
+      for (int64_t j = 0; j < c; ++j) {
+        true_counts[i] += counts[i][j];
+        predicted_counts[j] += counts[i][j];
+        total += counts[i][j];
+      }
+      correct += counts[i][i];
+    }
+    if (total != static_cast<double>(count)) {
+      throw Error(fmt::format("{}: {} of {} targets lie outside the classes 0..{}", name(),
+                              static_cast<double>(count) - total, count, c - 1));
+    }
+    // scikit-learn's matthews_corrcoef, the multiclass R_K statistic.
+    double true_dot_predicted = 0.0;
+    double true_squared = 0.0;
+    double predicted_squared = 0.0;
+    for (int64_t k = 0; k < c; ++k) {
+      true_dot_predicted += true_counts[k] * predicted_counts[k];
+      true_squared += true_counts[k] * true_counts[k];
+      predicted_squared += predicted_counts[k] * predicted_counts[k];
+    }
+    const double cov_ytyp = correct * total - true_dot_predicted;
+    const double cov_ypyp = total * total - predicted_squared;
+    const double cov_ytyt = total * total - true_squared;
+    const double denominator = cov_ytyt * cov_ypyp;
+    if (denominator == 0.0) return 0.0;  // one class only: undefined, reported 0
+    return cov_ytyp / std::sqrt(denominator);
+  }
 };
 
 }  // namespace
-
-void Metric::save(torch::serialize::OutputArchive& /*archive*/) const {
-  throw Error(fmt::format("metric {}: save() is not implemented, so a checkpoint inside an epoch "
-                          "cannot hold its running value (override save and load)",
-                          name()));
-}
-
-void Metric::load(torch::serialize::InputArchive& /*archive*/) {
-  throw Error(fmt::format("metric {}: load() is not implemented", name()));
-}
-
-void Metric::all_reduce(const ReduceFunction& /*reduce*/) {
-  throw Error(fmt::format("metric {}: all_reduce() is not implemented, so a data-parallel fit "
-                          "cannot combine its value across processes (override all_reduce)",
-                          name()));
-}
 
 namespace metrics {
 

@@ -1,4 +1,4 @@
-#include "trainloop/tensorboard/crc32c.h"
+#include "../src/tensorboard/crc32c.h"
 
 #include <gtest/gtest.h>
 

@@ -246,7 +246,7 @@ TEST_F(EarlyStoppingTest, NanMonitorIsAnError) {
                         {callbacks::early_stopping(EarlyStoppingOptions("score"))});
   EXPECT_THAT([&] { loop.fit(model, 1); },
               ThrowsMessage<Error>(HasSubstr(
-                  "callback early_stopping failed at epoch_end: early_stopping: monitor "
+                  "callback early_stopping:score failed at epoch_end: early_stopping: monitor "
                   "\"score\" is nan at epoch 1")));
 }
 
@@ -256,7 +256,7 @@ TEST_F(EarlyStoppingTest, AValidationMonitorWithoutValidationDataFailsAtFitStart
                                 callbacks::early_stopping(EarlyStoppingOptions("val_score"))});
   EXPECT_THAT([&] { loop.fit(model, 1); },
               ThrowsMessage<Error>(HasSubstr(
-                  "callback early_stopping failed at fit_start: early_stopping: monitor "
+                  "callback early_stopping:val_score failed at fit_start: early_stopping: monitor "
                   "\"val_score\" needs validation data, and this loop has none; give the "
                   "TrainingLoop validation data or monitor \"score\"")));
   EXPECT_EQ(epochs, 0);
@@ -277,7 +277,7 @@ TEST_F(EarlyStoppingTest, RejectsBadOptions) {
   EXPECT_THAT([] { callbacks::early_stopping(EarlyStoppingOptions("")); },
               ThrowsMessage<Error>(HasSubstr("monitor is empty")));
   EXPECT_EQ(callbacks::early_stopping(EarlyStoppingOptions("loss"))->state_key(),
-            "early_stopping");
+            "early_stopping:loss");
 }
 
 }  // namespace

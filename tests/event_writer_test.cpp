@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "../src/tensorboard/crc32c.h"
 #include "trainloop/error.h"
-#include "trainloop/tensorboard/crc32c.h"
 
 namespace trainloop::tensorboard {
 namespace {

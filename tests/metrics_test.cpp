@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "trainloop/error.h"
@@ -19,8 +21,10 @@ namespace {
 
 using testing::HasSubstr;
 using testing::ThrowsMessage;
+using trainloop::AccumulatingMetric;
 using trainloop::Error;
 using trainloop::Metric;
+using trainloop::ReduceOp;
 namespace metrics = trainloop::metrics;
 
 // Tolerances. Counting metrics see the same integers as scikit-learn, so only
@@ -145,7 +149,7 @@ TEST(MetricsTest, ComputeFollowsEveryChangeOfState) {
   const torch::Tensor outputs = scores({2.0f, 0.0f, 0.0f, 2.0f, 2.0f, 0.0f}, 3);
   const torch::Tensor first = labels({0, 1, 0});   // all three right
   const torch::Tensor second = labels({1, 0, 1});  // all three wrong
-  // A sum doubles the count that reduce_accumulator packs last and leaves the
+  // A sum doubles the count that all_reduce packs last and leaves the
   // state's sum as it is: a mean or a fraction halves. A max (the class
   // count) is left alone.
   const trainloop::ReduceFunction double_count = [](torch::Tensor& packed, trainloop::ReduceOp op) {
@@ -391,6 +395,202 @@ TEST(MetricsTest, MatthewsMatchesTheBinaryFormula) {
   auto mcc = metrics::matthews_correlation();
   mcc->update(torch::tensor({3.0f, 1.0f, 2.0f, -1.0f, -2.0f}), labels({1, 1, 0, 0, 1}), kNoLoss);
   EXPECT_NEAR(mcc->compute(), (2.0 * 1 - 1.0 * 1) / std::sqrt(3.0 * 3 * 2 * 2), kCountTolerance);
+}
+
+// The example in metrics.h: a metric of one's own needs update and clone.
+class MeanAbsoluteError : public AccumulatingMetric {
+ public:
+  MeanAbsoluteError() : AccumulatingMetric("mae", torch::kDouble) {}
+  void update(const torch::Tensor& outputs, const torch::Tensor& targets,
+              const torch::Tensor& /*loss*/) override {
+    accumulate((outputs.detach() - targets).abs().sum(), targets.numel());
+  }
+  std::shared_ptr<Metric> clone() const override { return std::make_shared<MeanAbsoluteError>(); }
+};
+
+// Adds the outputs themselves, counting the targets' rows: a sum of any
+// dtype and shape; its value is the sum of the sum over the count.
+class RawSum : public AccumulatingMetric {
+ public:
+  RawSum(torch::ScalarType dtype, std::vector<int64_t> shape)
+      : AccumulatingMetric("raw", dtype, shape), dtype_(dtype), shape_(std::move(shape)) {}
+  void update(const torch::Tensor& outputs, const torch::Tensor& targets,
+              const torch::Tensor& /*loss*/) override {
+    accumulate(outputs, targets.size(0));
+  }
+  std::shared_ptr<Metric> clone() const override {
+    return std::make_shared<RawSum>(dtype_, shape_);
+  }
+
+ private:
+  double value(const torch::Tensor& sum, int64_t count) const override {
+    return sum.sum().item<double>() / static_cast<double>(count);
+  }
+  torch::ScalarType dtype_;
+  std::vector<int64_t> shape_;
+};
+
+std::string saved_bytes(const Metric& metric) {
+  torch::serialize::OutputArchive archive;
+  metric.save(archive);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  return bytes.str();
+}
+
+void load_bytes(Metric& metric, const std::string& bytes) {
+  std::istringstream in(bytes);
+  torch::serialize::InputArchive archive;
+  archive.load_from(in);
+  metric.load(archive);
+}
+
+TEST(AccumulatingMetricTest, ADerivedMetricNeedsOnlyUpdateAndClone) {
+  MeanAbsoluteError mae;
+  EXPECT_EQ(mae.name(), "mae");
+  EXPECT_TRUE(std::isnan(mae.compute()));
+  mae.update(torch::tensor({1.0f, 2.0f}), torch::tensor({0.0f, 4.0f}), kNoLoss);
+  mae.update(torch::tensor({3.0f}), torch::tensor({0.0f}), kNoLoss);
+  EXPECT_DOUBLE_EQ(mae.compute(), (1.0 + 2.0 + 3.0) / 3);
+
+  const auto resumed = mae.clone();
+  EXPECT_TRUE(std::isnan(resumed->compute()));
+  load_bytes(*resumed, saved_bytes(mae));
+  EXPECT_DOUBLE_EQ(resumed->compute(), 2.0);
+  resumed->update(torch::tensor({6.0f}), torch::tensor({0.0f}), kNoLoss);
+  EXPECT_DOUBLE_EQ(resumed->compute(), 3.0);
+
+  // Two processes that saw the same batches: the mean stays, the count doubles.
+  mae.all_reduce([](torch::Tensor& tensor, ReduceOp op) {
+    if (op == ReduceOp::sum) tensor.mul_(2);
+  });
+  EXPECT_DOUBLE_EQ(mae.compute(), 2.0);
+  mae.update(torch::tensor({8.0f}), torch::tensor({0.0f}), kNoLoss);
+  EXPECT_DOUBLE_EQ(mae.compute(), (12.0 + 8.0) / 7);
+  mae.reset();
+  EXPECT_TRUE(std::isnan(mae.compute()));
+}
+
+TEST(AccumulatingMetricTest, ACountOfZeroAddsNothing) {
+  RawSum raw(torch::kDouble, {});
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  raw.update(torch::scalar_tensor(nan, torch::kDouble), torch::zeros({0}), kNoLoss);
+  EXPECT_TRUE(std::isnan(raw.compute()));
+  torch::serialize::InputArchive read;
+  std::istringstream in(saved_bytes(raw));
+  read.load_from(in);
+  torch::Tensor sum;
+  EXPECT_FALSE(read.try_read("sum", sum, /*is_buffer=*/true));  // no sum before a count
+
+  raw.update(torch::scalar_tensor(4.0, torch::kDouble), torch::zeros({2}), kNoLoss);
+  raw.update(torch::scalar_tensor(nan, torch::kDouble), torch::zeros({0}), kNoLoss);
+  EXPECT_EQ(raw.compute(), 2.0);
+}
+
+TEST(AccumulatingMetricTest, BatchesKeepTheFirstBatchsDeviceAndShape) {
+  RawSum fixed(torch::kLong, {});
+  EXPECT_THAT([&] { fixed.update(torch::ones({2}, torch::kLong), torch::zeros({1}), kNoLoss); },
+              ThrowsMessage<Error>(HasSubstr("raw: batch sum [2], expected []")));
+
+  RawSum learned(torch::kLong, {-1});
+  learned.update(torch::ones({3}, torch::kLong), torch::zeros({1}), kNoLoss);
+  EXPECT_THAT([&] { learned.update(torch::ones({4}, torch::kLong), torch::zeros({1}), kNoLoss); },
+              ThrowsMessage<Error>(HasSubstr("raw: batch sum [4], earlier batches [3]")));
+  const torch::Tensor on_meta = torch::empty({3}, torch::TensorOptions().device("meta"));
+  EXPECT_THAT([&] { learned.update(on_meta, torch::zeros({1}), kNoLoss); },
+              ThrowsMessage<Error>(
+                  HasSubstr("raw: batch on meta, earlier batches on cpu; reset() before moving")));
+  EXPECT_EQ(learned.compute(), 3.0);  // what failed added nothing
+  learned.reset();
+  EXPECT_NO_THROW(learned.update(torch::ones({4}, torch::kLong), torch::zeros({1}), kNoLoss));
+}
+
+// A fake other process for all_reduce: it holds `other_sizes` (empty: no
+// sum) and adds `other` (its sum, then its count) to what is summed.
+struct OtherProcess {
+  explicit OtherProcess(std::vector<int64_t> sizes = {}, std::vector<double> sums = {})
+      : other_sizes(std::move(sizes)), other(std::move(sums)) {}
+
+  std::vector<int64_t> other_sizes;
+  std::vector<double> other;
+  std::vector<ReduceOp> calls;
+
+  trainloop::ReduceFunction reduce() {
+    return [this](torch::Tensor& tensor, ReduceOp op) {
+      calls.push_back(op);
+      if (op == ReduceOp::max) {
+        for (int64_t i = 0; i < tensor.numel(); ++i) {
+          const int64_t theirs = other_sizes.empty() ? -1 : other_sizes[static_cast<size_t>(i)];
+          tensor[i] = std::max(tensor[i].item<int64_t>(), theirs);
+        }
+      } else {
+        tensor.add_(torch::tensor(other, torch::kDouble).to(tensor.scalar_type()));
+      }
+    };
+  }
+};
+
+TEST(AccumulatingMetricTest, AllReduceAgreesALearnedSizeFirst) {
+  {
+    SCOPED_TRACE("this process saw nothing");
+    RawSum raw(torch::kLong, {-1});
+    OtherProcess other{{3}, {1, 2, 3, 2}};
+    raw.all_reduce(other.reduce());
+    EXPECT_EQ(other.calls, (std::vector<ReduceOp>{ReduceOp::max, ReduceOp::sum}));
+    EXPECT_EQ(raw.compute(), 6.0 / 2);
+    raw.update(torch::ones({3}, torch::kLong), torch::zeros({1}), kNoLoss);  // now [3] is set
+    EXPECT_EQ(raw.compute(), 9.0 / 3);
+  }
+  {
+    SCOPED_TRACE("no process saw anything");
+    RawSum raw(torch::kLong, {-1});
+    OtherProcess other;
+    raw.all_reduce(other.reduce());
+    EXPECT_EQ(other.calls, std::vector<ReduceOp>{ReduceOp::max});  // nothing to sum
+    EXPECT_TRUE(std::isnan(raw.compute()));
+  }
+  {
+    SCOPED_TRACE("both saw batches of different sizes");
+    RawSum raw(torch::kLong, {-1});
+    raw.update(torch::ones({2}, torch::kLong), torch::zeros({1}), kNoLoss);
+    OtherProcess other{{3}, {1, 2, 3, 2}};
+    EXPECT_THAT([&] { raw.all_reduce(other.reduce()); },
+                ThrowsMessage<Error>(HasSubstr("raw: sum [2] on this process, [3] on another")));
+  }
+  {
+    SCOPED_TRACE("a fixed shape needs no agreement");
+    RawSum raw(torch::kDouble, {2});
+    OtherProcess other{{}, {1, 2, 1}};
+    raw.all_reduce(other.reduce());
+    EXPECT_EQ(other.calls, std::vector<ReduceOp>{ReduceOp::sum});
+    EXPECT_EQ(raw.compute(), 3.0);
+  }
+}
+
+TEST(AccumulatingMetricTest, LoadRejectsASumOfAnotherDtypeOrShape) {
+  RawSum doubles(torch::kDouble, {});
+  doubles.update(torch::scalar_tensor(1.0, torch::kDouble), torch::zeros({1}), kNoLoss);
+  RawSum longs(torch::kLong, {});
+  EXPECT_THAT([&] { load_bytes(longs, saved_bytes(doubles)); },
+              ThrowsMessage<Error>(HasSubstr("raw: the saved sum is Double [], expected Long []")));
+  RawSum pair(torch::kDouble, {2});
+  pair.update(torch::ones({2}, torch::kDouble), torch::zeros({1}), kNoLoss);
+  EXPECT_THAT(
+      [&] { load_bytes(doubles, saved_bytes(pair)); },
+      ThrowsMessage<Error>(HasSubstr("raw: the saved sum is Double [2], expected Double []")));
+  EXPECT_EQ(doubles.compute(), 1.0);  // a failed load leaves the state as it was
+
+  torch::serialize::OutputArchive no_sum;
+  no_sum.write("count", torch::tensor(int64_t{3}));
+  std::ostringstream bytes;
+  no_sum.save_to(bytes);
+  EXPECT_THAT([&] { load_bytes(doubles, bytes.str()); },
+              ThrowsMessage<Error>(HasSubstr("raw: the saved state holds count 3 without")));
+}
+
+TEST(AccumulatingMetricTest, ASizeBelowMinusOneIsAnError) {
+  EXPECT_THAT([] { RawSum raw(torch::kLong, {2, -2}); },
+              ThrowsMessage<Error>(HasSubstr("raw: sum shape [2, -2], expected sizes >= 0 or -1")));
 }
 
 }  // namespace

@@ -169,7 +169,7 @@ TEST(ReduceLrOnPlateauTest, AValidationMonitorWithoutValidationDataFailsAtFitSta
                     {callbacks::reduce_lr_on_plateau(ReduceLrOnPlateauOptions("val_loss"))});
   EXPECT_THAT([&] { loop.fit(fixture.model, 1); },
               ThrowsMessage<Error>(HasSubstr(
-                  "callback reduce_lr_on_plateau failed at fit_start: reduce_lr_on_plateau: "
+                  "callback reduce_lr_on_plateau:val_loss failed at fit_start: reduce_lr_on_plateau: "
                   "monitor \"val_loss\" needs validation data, and this loop has none")));
 }
 
@@ -202,7 +202,7 @@ TEST(ReduceLrOnPlateauTest, RejectsBadOptions) {
 
 TEST(ReduceLrOnPlateauTest, StateKey) {
   EXPECT_EQ(callbacks::reduce_lr_on_plateau(ReduceLrOnPlateauOptions("loss"))->state_key(),
-            "reduce_lr_on_plateau");
+            "reduce_lr_on_plateau:loss");
 }
 
 }  // namespace

@@ -74,7 +74,9 @@ struct TRAINLOOP_API LoopState {
   std::vector<std::shared_ptr<Metric>> training_metrics;
   std::vector<std::shared_ptr<Metric>> validation_metrics;
 
-  /// The optimizer of the fit (null outside a fit).
+  /// The loop's optimizer, the one given to the `TrainingLoop`: set by its
+  /// constructor, so also before and between fits. Null only in a
+  /// `LoopState` that no loop owns (one built by hand, e.g. in a test).
   torch::optim::Optimizer* optimizer = nullptr;
 
   /// The value of a metric by log name: "loss", "accuracy", "val_loss", …

@@ -8,6 +8,7 @@
 #include "trainloop/callbacks/early_stopping.h"
 #include "trainloop/callbacks/gradient_clipping.h"
 #include "trainloop/callbacks/lr_scheduler.h"
+#include "trainloop/callbacks/monitor.h"
 #include "trainloop/callbacks/plot.h"
 #include "trainloop/callbacks/progress.h"
 #include "trainloop/callbacks/reduce_lr_on_plateau.h"

@@ -11,7 +11,7 @@
 #include <utility>
 
 #include "../io/files.h"
-#include "monitor.h"
+#include "monitored_metric.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "flush_timer.h"
-#include "monitor.h"
+#include "monitored_metric.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 

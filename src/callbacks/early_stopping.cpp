@@ -1,19 +1,15 @@
 #include "trainloop/callbacks/early_stopping.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <torch/torch.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
-#include "monitor.h"
+#include "monitored_metric.h"
 
 namespace trainloop::callbacks {
 
@@ -21,10 +17,13 @@ namespace {
 
 constexpr const char* kKey = "early_stopping";
 
-class EarlyStopping : public Callback {
+// The bad epochs that the tracker counts are Keras' "wait".
+class EarlyStopping : public detail::MonitoringCallback {
  public:
-  explicit EarlyStopping(EarlyStoppingOptions options) : options_(std::move(options)) {
-    if (options_.monitor().empty()) throw Error("early_stopping: monitor is empty");
+  explicit EarlyStopping(EarlyStoppingOptions options)
+      : MonitoringCallback(kKey, options.monitor(),
+                           {options.mode(), options.min_delta(), /*relative=*/false}),
+        options_(std::move(options)) {
     if (options_.patience() < 0) {
       throw Error(fmt::format("early_stopping: patience is {}, expected >= 0", options_.patience()));
     }
@@ -32,33 +31,10 @@ class EarlyStopping : public Callback {
       throw Error(fmt::format("early_stopping: min_delta is {}, expected >= 0",
                               options_.min_delta()));
     }
-    reset();
-  }
-
-  std::string state_key() const override { return kKey; }
-
-  void on_event(Event event, TrainingLoop& loop) override {
-    switch (event) {
-      case Event::fit_start:
-        detail::check_monitor(kKey, loop, options_.monitor());
-        break;
-      case Event::epoch_end:
-        on_epoch_end(loop);
-        break;
-      case Event::fit_end:
-        // Also after an error or a cancel: the best epoch's weights are the
-        // most useful thing left in the model then.
-        restore(loop);
-        reset();
-        break;
-      default:
-        break;
-    }
   }
 
   void save(torch::serialize::OutputArchive& archive) const override {
-    archive.write("best", torch::tensor(best_));
-    archive.write("wait", torch::tensor(wait_));
+    tracker().save(archive, "wait");
     archive.write("best_epoch", torch::tensor(best_epoch_));
     archive.write("best_weight_count", torch::tensor(static_cast<int64_t>(best_weights_.size())));
     for (size_t i = 0; i < best_weights_.size(); ++i) {
@@ -67,8 +43,7 @@ class EarlyStopping : public Callback {
   }
 
   void load(torch::serialize::InputArchive& archive) override {
-    best_ = detail::read_scalar(kKey, archive, "best").item<double>();
-    wait_ = detail::read_scalar(kKey, archive, "wait").item<int64_t>();
+    tracker().load(kKey, archive, "wait");
     best_epoch_ = detail::read_scalar(kKey, archive, "best_epoch").item<int64_t>();
     const auto count = detail::read_scalar(kKey, archive, "best_weight_count").item<int64_t>();
     best_weights_.clear();
@@ -80,34 +55,26 @@ class EarlyStopping : public Callback {
   }
 
  private:
-
-  void reset() {
-    best_ = detail::worst_value(options_.mode());
-    wait_ = 0;
-    best_epoch_ = -1;
-    best_weights_.clear();
-  }
-
-
-  bool improved(double value) const {
-    return options_.mode() == Mode::min ? value < best_ - options_.min_delta()
-                                        : value > best_ + options_.min_delta();
-  }
-
-  void on_epoch_end(TrainingLoop& loop) {
-    const LoopState& state = loop.state();
-    // An epoch cut by a fit-level stop (a signal, CancelFit) has no
-    // validation value to judge; the fit ends anyway.
-    if (state.stopping) return;
-    const double value = detail::monitored_value(kKey, state, options_.monitor());
-    if (improved(value)) {
-      best_ = value;
-      best_epoch_ = state.epoch;
-      wait_ = 0;
+  void epoch_judged(bool improved, TrainingLoop& loop) override {
+    if (improved) {
+      best_epoch_ = loop.state().epoch;
       if (options_.restore_best()) snapshot(loop.model());
       return;
     }
-    if (++wait_ >= options_.patience()) throw CancelFit();
+    if (tracker().bad_epochs() >= options_.patience()) throw CancelFit();
+  }
+
+  void fit_ended(TrainingLoop& loop) override {
+    // Also after an error or a cancel: the best epoch's weights are the
+    // most useful thing left in the model then.
+    restore(loop);
+    reset();
+  }
+
+  void reset() {
+    tracker().reset();
+    best_epoch_ = -1;
+    best_weights_.clear();
   }
 
   static std::vector<torch::Tensor> weights_of(const Model& model) {
@@ -141,8 +108,6 @@ class EarlyStopping : public Callback {
   }
 
   EarlyStoppingOptions options_;
-  double best_ = 0;
-  int64_t wait_ = 0;
   int64_t best_epoch_ = -1;
   std::vector<torch::Tensor> best_weights_;
 };

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "flush_timer.h"
-#include "monitor.h"
+#include "monitored_metric.h"
 #include "trainloop/error.h"
 #include "trainloop/tensorboard/event_writer.h"
 #include "trainloop/training_loop.h"

@@ -1,4 +1,4 @@
-#include "trainloop/tensorboard/crc32c.h"
+#include "crc32c.h"
 
 #include <array>
 

@@ -17,8 +17,8 @@
 #include <system_error>
 #include <vector>
 
+#include "crc32c.h"
 #include "trainloop/error.h"
-#include "trainloop/tensorboard/crc32c.h"
 
 namespace trainloop::tensorboard {
 

@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "trainloop/export.h"
 #include "trainloop/callback.h"
-#include "trainloop/callbacks/early_stopping.h"
+#include "trainloop/callbacks/monitor.h"
 #include "trainloop/checkpoint.h"
+#include "trainloop/export.h"
 
 namespace trainloop::callbacks {
 

@@ -6,14 +6,11 @@
 #include <memory>
 #include <string>
 
-#include "trainloop/export.h"
 #include "trainloop/callback.h"
+#include "trainloop/callbacks/monitor.h"
+#include "trainloop/export.h"
 
 namespace trainloop::callbacks {
-
-/// Which direction of a monitored metric is better: `min` for losses,
-/// `max` for accuracies. Shared by every callback that watches a metric.
-enum class Mode { min, max };
 
 /// Settings for early stopping.
 /// Example: `EarlyStoppingOptions("val_loss").patience(3).restore_best(true)`

@@ -6,9 +6,9 @@
 #include <memory>
 #include <string>
 
-#include "trainloop/export.h"
 #include "trainloop/callback.h"
-#include "trainloop/callbacks/early_stopping.h"  // Mode
+#include "trainloop/callbacks/monitor.h"
+#include "trainloop/export.h"
 
 namespace trainloop::callbacks {
 

@@ -1,10 +1,11 @@
 #pragma once
 
+// CRC-32C for the TFRecord framing of TensorBoard event files. Private to the
+// library.
+
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
-
-#include "trainloop/export.h"
 
 namespace trainloop::tensorboard {
 
@@ -12,7 +13,7 @@ namespace trainloop::tensorboard {
 /// final xor 0xFFFFFFFF) of `size` bytes, continuing from `crc`, the CRC of
 /// the bytes before them (0 for none), so data may be checked in pieces.
 /// Example: `crc32c("123456789", 9) == 0xE3069283`.
-TRAINLOOP_API uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
+uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
 /// CRC-32C of a byte string.
 inline uint32_t crc32c(std::string_view data) { return crc32c(data.data(), data.size()); }
