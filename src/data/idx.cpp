@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../io/byte_order.h"
 #include "../io/files.h"
 #include "trainloop/error.h"
 
@@ -35,8 +36,7 @@ struct Header {
 };
 
 uint32_t big_endian_u32(const unsigned char* bytes) {
-  return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
-         uint32_t{bytes[3]};
+  return static_cast<uint32_t>(io::load_big_endian(bytes, 4));
 }
 
 Header read_header(io::InputFile& reader, const std::string& path,
@@ -115,10 +115,7 @@ template <class Unsigned>
 void from_big_endian(unsigned char* data, size_t count) {
   for (size_t i = 0; i < count; ++i) {
     unsigned char* bytes = data + i * sizeof(Unsigned);
-    Unsigned value = 0;
-    for (size_t b = 0; b < sizeof(Unsigned); ++b) {
-      value = static_cast<Unsigned>((value << 8) | bytes[b]);
-    }
+    const auto value = static_cast<Unsigned>(io::load_big_endian(bytes, sizeof(Unsigned)));
     std::memcpy(bytes, &value, sizeof(Unsigned));
   }
 }
