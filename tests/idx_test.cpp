@@ -218,6 +218,15 @@ TEST_F(IdxTest, TruncatedData) {
               ThrowsMessage<Error>(HasSubstr("truncated: expected 12 bytes of dimensions")));
 }
 
+// Every byte of the data is there but not the end of the gzip stream, so
+// nothing checked it: corrupt all the same.
+TEST_F(IdxTest, GzipCutAfterTheData) {
+  const std::string whole = gzip(idx_header(0x08, {2}) + std::string(2, 1));
+  const std::string path = write_plain("cut.gz", whole.substr(0, whole.size() - 4));
+  EXPECT_THAT([&] { read_idx(path); },
+              ThrowsMessage<Error>(HasSubstr(path + ": gzip error: unexpected end of file")));
+}
+
 TEST_F(IdxTest, TrailingData) {
   const std::string path = write_plain("long", idx_header(0x08, {2}) + std::string(3, 1));
   EXPECT_THAT([&] { read_idx(path); },

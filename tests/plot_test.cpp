@@ -236,7 +236,7 @@ TEST_F(PlotTest, CsvLogErrorsNameFileLineAndColumn) {
   expect_error("epoch,batch,phase,step,lr,loss\n1,1,test,1,0.1,2\n",
                ":2:3: phase \"test\", expected train or validation");
   expect_error("epoch,batch,phase,step,lr,loss\n1,1,train,1,0.1,\"2\n",
-               ":2:6: quoted cell is never closed");
+               ":2:6: the quote that opens this cell is never closed");
   expect_error("epoch,batch,phase,step,lr,loss\n1,1,train,1,0.1,2\"\n",
                ":2:6: quote inside an unquoted cell");
   // A quoted cell spanning lines moves the line count along.

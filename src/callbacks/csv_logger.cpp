@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "../io/csv_records.h"
 #include "flush_timer.h"
 #include "monitored_metric.h"
 #include "trainloop/error.h"
@@ -60,18 +61,19 @@ void append_number(fmt::memory_buffer& out, double value) {
 
 std::string system_message(int error) { return std::strerror(error); }
 
-// The first CSV record of `file` (a newline inside quotes does not end it),
-// without its line ending; reads at most `limit` bytes.
+// The first CSV record of `file` as it stands there (a newline inside quotes
+// does not end it), without its line ending; reads at most `limit` bytes.
 std::string first_record(std::FILE* file, size_t limit) {
-  std::string record;
-  bool quoted = false;
-  for (int c; record.size() < limit && (c = std::fgetc(file)) != EOF;) {
-    if (c == '"') quoted = !quoted;
-    if (c == '\n' && !quoted) break;
-    record.push_back(static_cast<char>(c));
+  std::string text(limit, '\0');
+  text.resize(std::fread(text.data(), 1, limit, file));
+  io::CsvRecords records(text, ',', "");
+  try {
+    if (records.next(limit)) return std::string(records.record_text());
+  } catch (const Error&) {
+    // A quote not closed within the limit: no header this logger wrote,
+    // shown as it is.
   }
-  if (!record.empty() && record.back() == '\r') record.pop_back();
-  return record;
+  return text;
 }
 
 class CsvLogger : public Callback {

@@ -3,19 +3,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
+#include "../io/csv_records.h"
 #include "../io/files.h"
 #include "../svg/line_chart.h"
 #include "trainloop/error.h"
@@ -146,128 +142,25 @@ struct Cell {
 // records whole would take memory in proportion to its longest line.
 constexpr size_t kMaxRecordBytes = size_t{1} << 20;
 constexpr size_t kMaxCells = 10000;
-constexpr size_t kBufferBytes = size_t{64} << 10;
 
-// An RFC 4180 reader: cells separated by commas, records by LF or CRLF,
-// quoted cells may hold commas, line breaks and doubled quotes. Streams the
-// file through a small buffer, so memory is one record's, at most
-// kMaxRecordBytes, whatever the file's size.
-class CsvReader {
- public:
-  CsvReader(std::string path, std::FILE* file) : path_(std::move(path)), file_(file) {}
-
-  // The next record, or false at the end of the file.
-  bool next(std::vector<Cell>& record, size_t& line) {
-    record.clear();
-    if (peek() == EOF) return false;
-    line = line_;
-    record_line_ = line_;
-    record_bytes_ = 0;
-    for (;;) {
-      if (record.size() == kMaxCells) {
-        throw Error(fmt::format("{}:{}: more than {} cells, expected at most that (a CSV log)",
-                                path_, record_line_, kMaxCells));
-      }
-      Cell cell{std::string(), line_};
-      if (peek() == '"') {
-        const size_t column = record.size() + 1;
-        get();
-        for (;;) {
-          const int c = get();
-          if (c == EOF) {
-            throw Error(fmt::format("{}:{}:{}: quoted cell is never closed", path_, cell.line,
-                                    column));
-          }
-          if (c == '"') {
-            if (peek() == '"') {
-              cell.text += '"';
-              get();
-            } else {
-              break;
-            }
-          } else {
-            if (c == '\n') ++line_;
-            cell.text += static_cast<char>(c);
-          }
-        }
-        if (peek() != EOF && !is_end(peek())) {
-          throw Error(fmt::format("{}:{}:{}: text after the closing quote", path_, line_, column));
-        }
-      } else {
-        while (peek() != EOF && !is_end(peek())) {
-          if (peek() == '"') {
-            throw Error(fmt::format("{}:{}:{}: quote inside an unquoted cell", path_, line_,
-                                    record.size() + 1));
-          }
-          cell.text += static_cast<char>(get());
-        }
-      }
-      record.push_back(std::move(cell));
-      const int c = get();
-      if (c == EOF) return true;
-      if (c == ',') continue;
-      if (c == '\r' && peek() == '\n') get();
-      ++line_;
-      return true;
+// The next record of the log, its cells copied out, or false at the end. A
+// log is written by csv_logger, which quotes every cell holding a quote, so
+// a quote inside an unquoted cell means the file is something else.
+bool next_record(io::CsvRecords& records, const std::string& path, std::vector<Cell>& record) {
+  record.clear();
+  if (!records.next(kMaxCells)) return false;
+  if (records.field_count() > kMaxCells) {
+    throw Error(fmt::format("{}:{}: more than {} cells, expected at most that (a CSV log)", path,
+                            records.record_line(), kMaxCells));
+  }
+  for (size_t i = 0; i < records.field_count(); ++i) {
+    const io::CsvField& field = records.field(i);
+    if (!field.quoted && field.value().find('"') != std::string_view::npos) {
+      throw Error(fmt::format("{}:{}:{}: quote inside an unquoted cell", path, field.line, i + 1));
     }
+    record.push_back({std::string(field.value()), static_cast<size_t>(field.line)});
   }
-
- private:
-  static bool is_end(int c) { return c == ',' || c == '\n' || c == '\r'; }
-
-  int peek() {
-    if (at_ == end_ && !fill()) return EOF;
-    return static_cast<unsigned char>(buffer_[at_]);
-  }
-
-  // Takes the next byte, counting it against the record's limit.
-  int get() {
-    const int c = peek();
-    if (c == EOF) return c;
-    ++at_;
-    if (++record_bytes_ > kMaxRecordBytes) {
-      throw Error(fmt::format("{}:{}: a record of more than {} bytes, expected at most that "
-                              "(a CSV log's row)",
-                              path_, record_line_, kMaxRecordBytes));
-    }
-    return c;
-  }
-
-  bool fill() {
-    if (buffer_.empty()) buffer_.resize(kBufferBytes);
-    at_ = 0;
-    end_ = std::fread(buffer_.data(), 1, buffer_.size(), file_);
-    if (end_ == 0 && std::ferror(file_)) {
-      throw Error(fmt::format("{}: read error: {}", path_, std::strerror(errno)));
-    }
-    return end_ > 0;
-  }
-
-  std::string path_;
-  std::FILE* file_;
-  std::vector<char> buffer_;
-  size_t at_ = 0;
-  size_t end_ = 0;
-  size_t line_ = 1;
-  size_t record_line_ = 1;
-  size_t record_bytes_ = 0;
-};
-
-struct FileCloser {
-  void operator()(std::FILE* file) const { std::fclose(file); }
-};
-
-// The log, opened for reading; a FIFO or a device is refused before an open
-// that could block.
-std::unique_ptr<std::FILE, FileCloser> open_log(const std::string& path) {
-  const int fd = io::open_regular_file(path);
-  std::unique_ptr<std::FILE, FileCloser> file(fdopen(fd, "rb"));
-  if (!file) {
-    const int error = errno;
-    ::close(fd);
-    throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(error)));
-  }
-  return file;
+  return true;
 }
 
 double parse_number(const std::string& text, bool& ok) {
@@ -283,13 +176,15 @@ double parse_number(const std::string& text, bool& ok) {
 }
 
 History read_csv_log(const std::string& path) {
-  const auto file = open_log(path);
-  CsvReader reader(path, file.get());
+  // Streamed through a small buffer, so memory is one record's, at most
+  // kMaxRecordBytes, whatever the file's size.
+  io::InputFile file(path);
+  io::CsvRecords reader([&file](char* buffer, size_t size) { return file.read(buffer, size); },
+                        ',', path, kMaxRecordBytes);
 
   constexpr const char* kExpected = "expected a header starting epoch,batch,phase,step,lr";
   std::vector<Cell> header;
-  size_t line = 0;
-  if (!reader.next(header, line)) throw Error(fmt::format("{}: empty file, {}", path, kExpected));
+  if (!next_record(reader, path, header)) throw Error(fmt::format("{}: empty file, {}", path, kExpected));
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < header.size(); ++i) index.emplace(header[i].text, i);
   for (const char* required : {"epoch", "phase"}) {
@@ -312,7 +207,8 @@ History read_csv_log(const std::string& path) {
   }
 
   std::vector<Cell> row;
-  while (reader.next(row, line)) {
+  while (next_record(reader, path, row)) {
+    const size_t line = static_cast<size_t>(reader.record_line());
     if (row.size() == 1 && row[0].text.empty()) continue;  // blank line
     if (row.size() != header.size()) {
       throw Error(fmt::format("{}:{}: {} cells, expected {} as in the header", path, line,

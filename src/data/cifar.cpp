@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "file_bytes.h"
+#include "../io/files.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data {
@@ -129,7 +129,7 @@ TensorDataset parse_cifar(std::string_view bytes, const std::string& source_name
 }
 
 TensorDataset read_cifar(const std::string& path, CifarVariant variant) {
-  return parse_cifar(detail::read_file_bytes(path), path, variant);
+  return parse_cifar(io::read_file(path), path, variant);
 }
 
 TensorDataset read_cifar(const std::vector<std::string>& paths, CifarVariant variant) {

@@ -16,14 +16,15 @@
 #include <utility>
 #include <vector>
 
-#include "csv_records.h"
-#include "file_text.h"
+#include "../io/csv_records.h"
+#include "../io/files.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data {
 namespace {
 
-using detail::CsvRecords;
+using io::CsvField;
+using io::CsvRecords;
 
 constexpr size_t kMaxShownBytes = 40;
 constexpr size_t kMaxListedNames = 20;
@@ -249,7 +250,7 @@ class TableBuilder {
     bool missing = false;
     for (size_t f = 0; f < columns_.features.size(); ++f) {
       const size_t column = columns_.features[f];
-      const detail::CsvField& field = records.field(column);
+      const CsvField& field = records.field(column);
       const std::string_view value = trimmed(field.value());
       if (is_missing(value)) {
         if (options_.missing() == MissingValues::error) {
@@ -266,7 +267,7 @@ class TableBuilder {
     std::string_view label;
     if (columns_.label) {
       const size_t column = *columns_.label;
-      const detail::CsvField& field = records.field(column);
+      const CsvField& field = records.field(column);
       label = trimmed(field.value());
       label_line_ = field.line;
       if (is_missing(label)) {
@@ -492,7 +493,7 @@ class TableBuilder {
 // scikit-learn table.
 int64_t whole_number(const CsvRecords& records, size_t index, const char* name, int64_t minimum,
                      int64_t maximum, const std::string& source) {
-  const detail::CsvField& field = records.field(index);
+  const CsvField& field = records.field(index);
   const std::string_view text = trimmed(field.value());
   double value = 0;
   if (parse_number(text, value) != Number::ok || std::floor(value) != value || value < minimum ||
@@ -503,6 +504,18 @@ int64_t whole_number(const CsvRecords& records, size_t index, const char* name, 
                             source, field.line, index + 1, name, shown(text), minimum, maximum));
   }
   return static_cast<int64_t>(value);
+}
+
+// A table file, inflated when its name ends in ".gz".
+std::string read_table_file(const std::string& path, int64_t max_bytes) {
+  if (max_bytes < 0) {
+    throw Error(fmt::format("{}: max_bytes {}, expected 0 or more", path, max_bytes));
+  }
+  io::ReadOptions options;
+  options.max_bytes = static_cast<size_t>(max_bytes);
+  options.gunzip = true;
+  options.limit_name = "the max_bytes limit";
+  return io::read_file(path, options);
 }
 
 }  // namespace
@@ -525,7 +538,7 @@ CsvTable parse_csv_table(std::string_view text, const std::string& source_name,
 }
 
 CsvTable read_csv_table(const std::string& path, const CsvOptions& options) {
-  const std::string text = detail::read_file_text(path, options.max_bytes());
+  const std::string text = read_table_file(path, options.max_bytes());
   return parse_csv_table(text, path, options);
 }
 
@@ -584,7 +597,7 @@ CsvTable parse_sklearn_csv(std::string_view text, const std::string& source_name
 }
 
 CsvTable read_sklearn_csv(const std::string& path) {
-  const std::string text = detail::read_file_text(path, CsvOptions().max_bytes());
+  const std::string text = read_table_file(path, CsvOptions().max_bytes());
   return parse_sklearn_csv(text, path);
 }
 

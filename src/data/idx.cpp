@@ -2,14 +2,10 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join
-#include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -17,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../io/byte_order.h"
 #include "../io/files.h"
 #include "trainloop/error.h"
 
@@ -30,94 +27,6 @@ constexpr int kMaxDims = 8;
 constexpr uint64_t kMaxDataBytes = uint64_t{16} << 30;
 constexpr size_t kChunkBytes = size_t{1} << 20;
 
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() &&
-         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Reads a plain or a gzip file through one interface. Every error names the path.
-class Reader {
- public:
-  explicit Reader(const std::string& path) : path_(path) {
-    // Refuses a FIFO or a device before an open that could block.
-    const int fd = io::open_regular_file(path);
-    if (ends_with(path, ".gz")) {
-      check_gzip_magic(fd);
-      gz_ = gzdopen(fd, "rb");
-    } else {
-      file_ = fdopen(fd, "rb");
-    }
-    if (file_ == nullptr && gz_ == nullptr) {
-      const int error = errno;
-      ::close(fd);
-      throw Error(fmt::format("{}: cannot open: {}", path_, std::strerror(error)));
-    }
-  }
-  Reader(const Reader&) = delete;
-  Reader& operator=(const Reader&) = delete;
-  ~Reader() {
-    if (file_ != nullptr) std::fclose(file_);
-    if (gz_ != nullptr) gzclose(gz_);
-  }
-
-  // Reads up to `size` bytes; fewer only at the end of the data.
-  size_t read(void* buffer, size_t size) {
-    auto* out = static_cast<unsigned char*>(buffer);
-    size_t total = 0;
-    while (total < size) {
-      const size_t want = std::min(size - total, kChunkBytes);
-      const size_t got = file_ != nullptr ? read_plain(out + total, want)
-                                          : read_gzip(out + total, want);
-      if (got == 0) break;
-      total += got;
-    }
-    return total;
-  }
-
- private:
-  // gzopen reads a non-gzip file as plain data without complaint; a file
-  // named .gz that is not gzip is more likely a mistake than intended.
-  void check_gzip_magic(int fd) const {
-    std::array<unsigned char, 2> magic{};
-    const ssize_t read = ::pread(fd, magic.data(), magic.size(), 0);
-    const size_t got = read < 0 ? 0 : static_cast<size_t>(read);
-    if (got < magic.size()) {
-      ::close(fd);
-      throw Error(fmt::format("{}: not a gzip file ({} bytes long, expected the gzip magic 1f 8b)",
-                              path_, got));
-    }
-    if (magic[0] != 0x1f || magic[1] != 0x8b) {
-      ::close(fd);
-      throw Error(fmt::format("{}: not a gzip file (starts with {:02x} {:02x}, expected 1f 8b)",
-                              path_, magic[0], magic[1]));
-    }
-  }
-
-  size_t read_plain(unsigned char* out, size_t size) {
-    const size_t got = std::fread(out, 1, size, file_);
-    if (got < size && std::ferror(file_)) {
-      throw Error(fmt::format("{}: read error: {}", path_, std::strerror(errno)));
-    }
-    return got;
-  }
-
-  size_t read_gzip(unsigned char* out, size_t size) {
-    const int got = gzread(gz_, out, static_cast<unsigned>(size));
-    int code = Z_OK;
-    const char* message = gzerror(gz_, &code);
-    // A truncated stream (Z_BUF_ERROR) still returns the bytes it had; the
-    // caller then reports the shortfall, so only the other errors stop here.
-    if (got < 0 || (code != Z_OK && code != Z_BUF_ERROR)) {
-      throw Error(fmt::format("{}: gzip error: {}", path_, io::gzip_error_text(code, message)));
-    }
-    return static_cast<size_t>(got);
-  }
-
-  std::string path_;
-  std::FILE* file_ = nullptr;
-  gzFile gz_ = nullptr;
-};
-
 struct Header {
   uint32_t magic = 0;
   torch::ScalarType dtype = torch::kUInt8;
@@ -127,11 +36,10 @@ struct Header {
 };
 
 uint32_t big_endian_u32(const unsigned char* bytes) {
-  return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
-         uint32_t{bytes[3]};
+  return static_cast<uint32_t>(io::load_big_endian(bytes, 4));
 }
 
-Header read_header(Reader& reader, const std::string& path,
+Header read_header(io::InputFile& reader, const std::string& path,
                    std::optional<uint32_t> expected_magic) {
   std::array<unsigned char, 4> magic_bytes{};
   const size_t got = reader.read(magic_bytes.data(), magic_bytes.size());
@@ -207,16 +115,13 @@ template <class Unsigned>
 void from_big_endian(unsigned char* data, size_t count) {
   for (size_t i = 0; i < count; ++i) {
     unsigned char* bytes = data + i * sizeof(Unsigned);
-    Unsigned value = 0;
-    for (size_t b = 0; b < sizeof(Unsigned); ++b) {
-      value = static_cast<Unsigned>((value << 8) | bytes[b]);
-    }
+    const auto value = static_cast<Unsigned>(io::load_big_endian(bytes, sizeof(Unsigned)));
     std::memcpy(bytes, &value, sizeof(Unsigned));
   }
 }
 
 torch::Tensor read_idx_checked(const std::string& path, std::optional<uint32_t> expected_magic) {
-  Reader reader(path);
+  io::InputFile reader(path, /*gunzip=*/true);
   const Header header = read_header(reader, path, expected_magic);
   if (header.data_bytes == 0) return torch::empty(header.sizes, header.dtype);
 
@@ -246,6 +151,8 @@ torch::Tensor read_idx_checked(const std::string& path, std::optional<uint32_t> 
     throw Error(fmt::format("{}: more data than the {} bytes its dimensions describe", path,
                             total));
   }
+  // A gzip stream cut after the data, its checksum missing, is corrupt too.
+  reader.check_complete();
 
   const size_t count = total / header.element_bytes;
   switch (header.element_bytes) {

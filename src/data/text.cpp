@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "file_bytes.h"
+#include "../io/files.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data {
@@ -131,7 +131,7 @@ std::string read_text(const std::vector<std::string>& paths) {
   if (paths.empty()) throw Error("read_text: no files given, expected at least one path");
   std::string text;
   for (const std::string& path : paths) {
-    const std::string bytes = detail::read_file_bytes(path);
+    const std::string bytes = io::read_file(path);
     // Said here, where the file is known: later, an empty text is only "0
     // bytes" of all the files together.
     if (bytes.empty()) throw Error(fmt::format("{}: empty file, expected text", path));

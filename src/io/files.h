@@ -1,11 +1,16 @@
 #pragma once
 
-// Whole-file reads and atomic writes, shared by everything that writes a file
+// The library's file reading (read_file.cpp: every reader of a file opens it
+// here) and atomic writes (files.cpp), shared by everything that writes a file
 // a killed run must not leave half-written. Private to the library.
 
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
+
+struct gzFile_s;
 
 namespace trainloop::io {
 
@@ -27,14 +32,69 @@ void sync_path(const std::string& path);
 /// file: "x.pt: not a regular file (a FIFO)", "…: cannot open: …".
 int open_regular_file(const std::string& path);
 
-/// The contents of the regular file at `path`. Throws `Error` naming the file
-/// when it is missing, not a regular file, unreadable, or larger than
-/// `max_bytes` (so a wrong path never makes an absurd allocation).
-std::string read_file(const std::string& path, size_t max_bytes);
+/// A regular file read from its first byte to its last: as it is, or, with
+/// `gunzip` and a name ending in ".gz", inflated through zlib. Opened with
+/// open_regular_file, so a FIFO or a device is refused at once. Every error
+/// names the path.
+class InputFile {
+ public:
+  /// Throws `Error` for what open_regular_file refuses, and for a ".gz" file
+  /// (with `gunzip`) that does not start with the gzip magic: a file named
+  /// .gz that is not gzip is more likely a mistake than plain data.
+  explicit InputFile(const std::string& path, bool gunzip = false);
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+  ~InputFile();
 
-/// What went wrong in a zlib gzip read, from gzerror's `code` and `message`:
-/// the system's error for Z_ERRNO, else zlib's message without the "<fd:3>: "
-/// it puts first after gzdopen (the caller's error names the path).
-std::string gzip_error_text(int code, const char* message);
+  /// Reads up to `size` bytes into `buffer`; fewer only at the end of the
+  /// data. Throws `Error` for a read error or corrupt gzip data ("x.gz: gzip
+  /// error: incorrect data check"). A gzip stream cut short ends early
+  /// instead, so a format that knows its length can say what is missing;
+  /// check_complete() reports the cut.
+  size_t read(void* buffer, size_t size);
+  /// Throws `Error` ("…: gzip error: unexpected end of file") when the reads
+  /// so far ended at a gzip stream cut short.
+  void check_complete() const;
+  /// Reads again from the first byte.
+  void rewind();
+
+  bool compressed() const { return gz_ != nullptr; }
+  /// The file's size on disk when it was opened.
+  uint64_t size_on_disk() const { return size_on_disk_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  size_t read_plain(char* out, size_t size);
+  size_t read_gzip(char* out, size_t size);
+
+  std::string path_;
+  int fd_ = -1;             // owned unless gz_ has taken it over
+  gzFile_s* gz_ = nullptr;  // owns the descriptor once set
+  uint64_t size_on_disk_ = 0;
+  bool cut_short_ = false;
+};
+
+/// How read_file reads a file.
+struct ReadOptions {
+  /// The most bytes (after decompression) a file may hold; checked as the
+  /// data arrives, so a small file that inflates to gigabytes stops there.
+  size_t max_bytes = std::numeric_limits<size_t>::max();
+  /// Inflate a file whose name ends in ".gz" (see InputFile).
+  bool gunzip = false;
+  /// Named in the error for a file past `max_bytes`, e.g. "the max_bytes
+  /// limit", so the message says which setting to change.
+  std::string limit_name;
+};
+
+/// The contents of the regular file at `path`, in a buffer allocated once
+/// (a gzip file is inflated twice: once into a small buffer to learn its
+/// size, so refusing one past the limit holds 1 MiB, not the limit). Throws
+/// `Error` naming the file when it is missing, not a regular file,
+/// unreadable, corrupt gzip, or larger than `max_bytes` ("x: 3 bytes,
+/// expected at most 2" when the size on disk says so, "x.gz: more than 2
+/// bytes after decompression, expected at most that" when the data does).
+std::string read_file(const std::string& path, const ReadOptions& options = {});
+/// The plain file at `path`, at most `max_bytes` bytes of it.
+std::string read_file(const std::string& path, size_t max_bytes);
 
 }  // namespace trainloop::io

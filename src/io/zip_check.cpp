@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "byte_order.h"
 #include "pickle.h"
 
 namespace trainloop::io {
@@ -44,11 +45,8 @@ class Reader {
     if (offset > bytes_.size() || bytes_.size() - offset < sizeof(T)) {
       fail(fmt::format("{} at byte {} lies past the end ({} bytes)", field, offset, bytes_.size()));
     }
-    uint64_t value = 0;
-    for (size_t i = 0; i < sizeof(T); ++i) {
-      value |= uint64_t{static_cast<unsigned char>(bytes_[offset + i])} << (8 * i);
-    }
-    return static_cast<T>(value);
+    const auto* at = reinterpret_cast<const unsigned char*>(bytes_.data()) + offset;
+    return static_cast<T>(load_little_endian(at, sizeof(T)));
   }
 
   [[noreturn]] void fail(std::string what) const { throw Fault{std::move(what)}; }

@@ -88,11 +88,6 @@ struct Range {
   bool empty() const { return !(low <= high); }
 };
 
-struct Legend {
-  std::vector<std::string> entries;  // SVG of each item, placed at (0, 0)
-  std::vector<double> widths;
-};
-
 // Legend items laid out left to right, wrapped to `width`; returns rows used.
 size_t legend_rows(const std::vector<double>& widths, double width) {
   if (widths.empty()) return 0;
@@ -108,222 +103,283 @@ size_t legend_rows(const std::vector<double>& widths, double width) {
   return rows;
 }
 
-void render_panel(std::string& out, const Panel& panel, size_t index, double ox, double oy,
-                  double width, double height) {
+const std::string& color_of(size_t position, const std::optional<size_t>& chosen) {
   const auto& colors = palette();
-  auto color_of = [&](size_t position, const std::optional<size_t>& chosen) {
-    return colors[chosen.value_or(position) % colors.size()];
-  };
+  return colors[chosen.value_or(position) % colors.size()];
+}
 
-  // Data ranges.
-  Range xr, yr;
+bool usable_marker(const Marker& marker, bool log_x) {
+  return std::isfinite(marker.x) && (!log_x || marker.x > 0);
+}
+
+// What a panel's data spans, before the axes round it.
+struct Extent {
+  Range x, y;
   size_t most_points = 0;
+  bool has_data = false;
+};
+
+Extent extent_of(const Panel& panel) {
+  Extent extent;
   for (const auto& s : panel.series) {
     const size_t n = std::min(s.x.size(), s.y.size());
-    most_points = std::max(most_points, n);
+    extent.most_points = std::max(extent.most_points, n);
     for (size_t i = 0; i < n; ++i) {
       if (!usable(s.x[i], s.y[i], panel.log_x)) continue;
-      xr.add(s.x[i]);
-      yr.add(s.y[i]);
+      extent.x.add(s.x[i]);
+      extent.y.add(s.y[i]);
     }
   }
   for (const auto& m : panel.markers) {
-    if (std::isfinite(m.x) && (!panel.log_x || m.x > 0)) xr.add(m.x);
+    if (usable_marker(m, panel.log_x)) extent.x.add(m.x);
   }
-  const bool has_data = !yr.empty();
-  if (panel.y_min) yr.low = *panel.y_min;
-  if (panel.y_max) yr.high = *panel.y_max;
-  if (yr.empty()) yr = Range{0, 1};
-  if (yr.low == yr.high) {
-    const double pad = yr.low == 0 ? 0.5 : std::abs(yr.low) * 0.1;
-    yr.low -= pad;
-    yr.high += pad;
+  extent.has_data = !extent.y.empty();
+  return extent;
+}
+
+// One axis: its drawn range, its ticks and their step (0 on a log axis).
+struct Axis {
+  double low = 0, high = 1;
+  std::vector<double> ticks;
+  double step = 0;
+};
+
+void drop_ticks(std::vector<double>& ticks, double low, double high, double slack) {
+  ticks.erase(std::remove_if(ticks.begin(), ticks.end(),
+                             [&](double t) { return t < low - slack || t > high + slack; }),
+              ticks.end());
+}
+
+// The y axis extends to whole ticks, unless the panel fixes an end.
+Axis y_axis(const Panel& panel, Range range) {
+  if (panel.y_min) range.low = *panel.y_min;
+  if (panel.y_max) range.high = *panel.y_max;
+  if (range.empty()) range = Range{0, 1};
+  if (range.low == range.high) {
+    const double pad = range.low == 0 ? 0.5 : std::abs(range.low) * 0.1;
+    range.low -= pad;
+    range.high += pad;
   }
-  if (xr.empty()) xr = panel.log_x ? Range{1e-3, 1} : Range{panel.integer_x ? 1.0 : 0.0, panel.integer_x ? 2.0 : 1.0};
+  Axis axis;
+  axis.ticks = nice_ticks(range.low, range.high, 5);
+  axis.step = axis.ticks.size() > 1 ? axis.ticks[1] - axis.ticks[0] : 1;
+  const double inf = std::numeric_limits<double>::infinity();
+  drop_ticks(axis.ticks, panel.y_min.value_or(-inf), panel.y_max.value_or(inf), 1e-9 * axis.step);
+  axis.low = panel.y_min ? *panel.y_min : axis.ticks.front();
+  axis.high = panel.y_max ? *panel.y_max : axis.ticks.back();
+  return axis;
+}
 
-  // Axes: y extends to whole ticks; x keeps the data's range (its ticks
-  // fall inside), as a curve should start at the first epoch.
-  std::vector<double> y_ticks = nice_ticks(yr.low, yr.high, 5);
-  const double y_step = y_ticks.size() > 1 ? y_ticks[1] - y_ticks[0] : 1;
-  if (panel.y_min) y_ticks.erase(std::remove_if(y_ticks.begin(), y_ticks.end(), [&](double t) { return t < *panel.y_min - 1e-9 * y_step; }), y_ticks.end());
-  if (panel.y_max) y_ticks.erase(std::remove_if(y_ticks.begin(), y_ticks.end(), [&](double t) { return t > *panel.y_max + 1e-9 * y_step; }), y_ticks.end());
-  const double y_low = panel.y_min ? *panel.y_min : y_ticks.front();
-  const double y_high = panel.y_max ? *panel.y_max : y_ticks.back();
-
-  double x_low = xr.low, x_high = xr.high;
-  std::vector<double> x_ticks;
-  double x_step = 0;
+// The x axis keeps the data's range (its ticks fall inside), as a curve
+// should start at the first epoch.
+Axis x_axis(const Panel& panel, Range range, double width) {
+  if (range.empty()) {
+    range = panel.log_x ? Range{1e-3, 1}
+                        : Range{panel.integer_x ? 1.0 : 0.0, panel.integer_x ? 2.0 : 1.0};
+  }
+  Axis axis{range.low, range.high, {}, 0};
   if (panel.log_x) {
-    if (x_low == x_high) {
-      x_low /= 3;
-      x_high *= 3;
+    if (axis.low == axis.high) {
+      axis.low /= 3;
+      axis.high *= 3;
     }
-    x_ticks = log_ticks(x_low, x_high);
-  } else {
-    if (x_low == x_high) {
-      const double pad = panel.integer_x ? 0.5 : (x_low == 0 ? 0.5 : std::abs(x_low) * 0.1);
-      x_low -= pad;
-      x_high += pad;
-    }
-    x_ticks = nice_ticks(x_low, x_high, std::max(2, static_cast<int>(width / 80)), panel.integer_x);
-    x_step = x_ticks.size() > 1 ? x_ticks[1] - x_ticks[0] : 1;
-    const double slack = 1e-9 * x_step;
-    x_ticks.erase(std::remove_if(x_ticks.begin(), x_ticks.end(),
-                                 [&](double t) { return t < x_low - slack || t > x_high + slack; }),
-                  x_ticks.end());
-    // A little room at both ends, so the first and last dots do not sit on
-    // the frame.
-    const double inset = 0.03 * (x_high - x_low);
-    x_low -= inset;
-    x_high += inset;
+    axis.ticks = log_ticks(axis.low, axis.high);
+    return axis;
   }
-
-  std::vector<std::string> y_labels;
-  double y_label_width = 0;
-  for (double t : y_ticks) {
-    y_labels.push_back(tick_label(t, y_step));
-    y_label_width = std::max(y_label_width, text_width(y_labels.back(), kTickSize));
+  if (axis.low == axis.high) {
+    const double pad = panel.integer_x ? 0.5 : (axis.low == 0 ? 0.5 : std::abs(axis.low) * 0.1);
+    axis.low -= pad;
+    axis.high += pad;
   }
+  axis.ticks = nice_ticks(axis.low, axis.high, std::max(2, static_cast<int>(width / 80)),
+                          panel.integer_x);
+  axis.step = axis.ticks.size() > 1 ? axis.ticks[1] - axis.ticks[0] : 1;
+  drop_ticks(axis.ticks, axis.low, axis.high, 1e-9 * axis.step);
+  // A little room at both ends, so the first and last dots do not sit on
+  // the frame.
+  const double inset = 0.03 * (axis.high - axis.low);
+  axis.low -= inset;
+  axis.high += inset;
+  return axis;
+}
 
-  // Legend items: the series, then the markers.
-  std::vector<double> item_widths;
-  std::vector<std::string> item_names;
-  for (const auto& s : panel.series) item_names.push_back(s.name);
-  for (const auto& m : panel.markers) item_names.push_back(m.label);
-  for (const auto& name : item_names) item_widths.push_back(28 + text_width(name, kLegendSize) + 18);
+// Legend items: the series, then the markers.
+struct Legend {
+  std::vector<std::string> names;
+  std::vector<double> widths;
+};
 
-  const double left = ox + 8 + (panel.y_label.empty() ? 0 : kAxisTitleSize + 10) + y_label_width + 8;
-  const double right = ox + width - 22;
-  const double legend_top = oy + 32;
-  const size_t rows = legend_rows(item_widths, right - left);
-  const double top = legend_top + static_cast<double>(rows) * kLegendRow + 10;
-  const double bottom = oy + height - 16 - kTickSize - (panel.x_label.empty() ? 0 : kAxisTitleSize + 10);
+Legend legend_of(const Panel& panel) {
+  Legend legend;
+  for (const auto& s : panel.series) legend.names.push_back(s.name);
+  for (const auto& m : panel.markers) legend.names.push_back(m.label);
+  for (const auto& name : legend.names) {
+    legend.widths.push_back(28 + text_width(name, kLegendSize) + 18);
+  }
+  return legend;
+}
 
-  const Scale sx{panel.log_x ? std::log10(x_low) : x_low, panel.log_x ? std::log10(x_high) : x_high,
-                 left, right, panel.log_x};
-  const Scale sy{y_low, y_high, bottom, top, false};
+// Where a panel's parts go, in pixels, and how data maps there.
+struct Frame {
+  double ox, oy, width, height;  // the panel's cell of the chart
+  double left, right, top, bottom;  // the plot area
+  double legend_top;
+  Scale sx, sy;
+};
 
+Frame frame_of(const Panel& panel, const Axis& x, const Axis& y, double y_label_width,
+               const Legend& legend, double ox, double oy, double width, double height) {
+  Frame f{ox, oy, width, height, 0, 0, 0, 0, 0, {}, {}};
+  f.left = ox + 8 + (panel.y_label.empty() ? 0 : kAxisTitleSize + 10) + y_label_width + 8;
+  f.right = ox + width - 22;
+  f.legend_top = oy + 32;
+  const size_t rows = legend_rows(legend.widths, f.right - f.left);
+  f.top = f.legend_top + static_cast<double>(rows) * kLegendRow + 10;
+  f.bottom = oy + height - 16 - kTickSize - (panel.x_label.empty() ? 0 : kAxisTitleSize + 10);
+  f.sx = Scale{panel.log_x ? std::log10(x.low) : x.low, panel.log_x ? std::log10(x.high) : x.high,
+               f.left, f.right, panel.log_x};
+  f.sy = Scale{y.low, y.high, f.bottom, f.top, false};
+  return f;
+}
+
+void render_heading(std::string& out, const Panel& panel, size_t index, const Frame& f) {
   out += fmt::format("<g class=\"panel\" data-title=\"{}\">\n", escape(panel.title));
   out += fmt::format(
       "<clipPath id=\"plot-area-{}\"><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/></clipPath>\n",
-      index, num(left - 5), num(top - 5), num(right - left + 10), num(bottom - top + 10));
-
-  // Title, centred over the plot area.
+      index, num(f.left - 5), num(f.top - 5), num(f.right - f.left + 10), num(f.bottom - f.top + 10));
+  // Centred over the plot area.
   out += fmt::format(
       "<text class=\"panel-title\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"{}\" "
       "font-weight=\"bold\" fill=\"#222\">{}</text>\n",
-      num((left + right) / 2), num(oy + 20), kPanelTitleSize, escape(panel.title));
+      num((f.left + f.right) / 2), num(f.oy + 20), kPanelTitleSize, escape(panel.title));
+}
 
-  // Grid and ticks.
+void render_y_ticks(std::string& out, const Axis& y, const std::vector<std::string>& labels,
+                    const Frame& f) {
   out += "<g class=\"y-ticks\" font-size=\"" + fmt::format("{}", kTickSize) +
          "\" fill=\"#444\" text-anchor=\"end\">\n";
-  for (size_t i = 0; i < y_ticks.size(); ++i) {
-    const double y = sy(y_ticks[i]);
-    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#e6e6e6\"/>", num(left),
-                       num(right), num(y), num(y));
-    out += fmt::format("<text x=\"{}\" y=\"{}\" dy=\"0.35em\">{}</text>\n", num(left - 7), num(y),
-                       escape(y_labels[i]));
+  for (size_t i = 0; i < y.ticks.size(); ++i) {
+    const double at = f.sy(y.ticks[i]);
+    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#e6e6e6\"/>",
+                       num(f.left), num(f.right), num(at), num(at));
+    out += fmt::format("<text x=\"{}\" y=\"{}\" dy=\"0.35em\">{}</text>\n", num(f.left - 7),
+                       num(at), escape(labels[i]));
   }
   out += "</g>\n";
+}
+
+void render_x_ticks(std::string& out, const Axis& x, const Frame& f) {
   out += "<g class=\"x-ticks\" font-size=\"" + fmt::format("{}", kTickSize) +
          "\" fill=\"#444\" text-anchor=\"middle\">\n";
   double last_label_end = -std::numeric_limits<double>::infinity();
-  for (double t : x_ticks) {
-    const double x = sx(t);
-    const std::string label = tick_label(t, x_step);
-    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#e6e6e6\"/>", num(x),
-                       num(x), num(top), num(bottom));
+  for (double t : x.ticks) {
+    const double at = f.sx(t);
+    const std::string label = tick_label(t, x.step);
+    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#e6e6e6\"/>",
+                       num(at), num(at), num(f.top), num(f.bottom));
     // A label that would touch its neighbour is left out; the grid line stays.
     const double half = text_width(label, kTickSize) / 2;
-    if (x - half > last_label_end + 6) {
-      out += fmt::format("<text x=\"{}\" y=\"{}\" dy=\"0.8em\">{}</text>", num(x), num(bottom + 6),
-                         escape(label));
-      last_label_end = x + half;
+    if (at - half > last_label_end + 6) {
+      out += fmt::format("<text x=\"{}\" y=\"{}\" dy=\"0.8em\">{}</text>", num(at),
+                         num(f.bottom + 6), escape(label));
+      last_label_end = at + half;
     }
     out += "\n";
   }
   out += "</g>\n";
+}
 
-  // Axis lines.
+void render_axes(std::string& out, const Panel& panel, const Frame& f) {
   out += fmt::format(
       "<path class=\"axes\" d=\"M{},{} V{} H{}\" fill=\"none\" stroke=\"#555\" stroke-width=\"1\"/>\n",
-      num(left), num(top), num(bottom), num(right));
-
-  // Axis titles.
+      num(f.left), num(f.top), num(f.bottom), num(f.right));
   if (!panel.x_label.empty()) {
     out += fmt::format(
         "<text class=\"x-title\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"{}\" "
         "fill=\"#222\">{}</text>\n",
-        num((left + right) / 2), num(oy + height - 10), kAxisTitleSize, escape(panel.x_label));
+        num((f.left + f.right) / 2), num(f.oy + f.height - 10), kAxisTitleSize,
+        escape(panel.x_label));
   }
   if (!panel.y_label.empty()) {
-    const double x = ox + 8 + kAxisTitleSize;
-    const double y = (top + bottom) / 2;
+    const double x = f.ox + 8 + kAxisTitleSize;
+    const double y = (f.top + f.bottom) / 2;
     out += fmt::format(
         "<text class=\"y-title\" x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\" "
         "text-anchor=\"middle\" font-size=\"{}\" fill=\"#222\">{}</text>\n",
         num(x), num(y), num(x), num(y), kAxisTitleSize, escape(panel.y_label));
   }
+}
 
-  if (!has_data) {
-    out += fmt::format(
-        "<text class=\"no-data\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"{}\" "
-        "fill=\"#999\">no data yet</text>\n",
-        num((left + right) / 2), num((top + bottom) / 2), kAxisTitleSize);
-  }
+void render_no_data(std::string& out, const Frame& f) {
+  out += fmt::format(
+      "<text class=\"no-data\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"{}\" "
+      "fill=\"#999\">no data yet</text>\n",
+      num((f.left + f.right) / 2), num((f.top + f.bottom) / 2), kAxisTitleSize);
+}
 
-  // Lines, clipped to the plot area (a fixed y range may cut a spike).
-  const bool dots = most_points <= kMaxDotted;
-  out += fmt::format("<g class=\"lines\" clip-path=\"url(#plot-area-{})\">\n", index);
+void render_markers(std::string& out, const Panel& panel, const Frame& f) {
   for (size_t k = 0; k < panel.markers.size(); ++k) {
     const auto& m = panel.markers[k];
-    if (!std::isfinite(m.x) || (panel.log_x && m.x <= 0)) continue;
-    const double x = sx(m.x);
+    if (!usable_marker(m, panel.log_x)) continue;
+    const double x = f.sx(m.x);
     out += fmt::format(
         "<line class=\"marker\" data-x=\"{}\" x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" "
         "stroke-width=\"1.5\" stroke-dasharray=\"2 3\"/>\n",
-        m.x, num(x), num(x), num(top), num(bottom),
+        m.x, num(x), num(x), num(f.top), num(f.bottom),
         color_of(panel.series.size() + k, std::nullopt));
   }
-  for (size_t k = 0; k < panel.series.size(); ++k) {
-    const auto& s = panel.series[k];
-    const std::string& color = color_of(k, s.color);
-    out += fmt::format("<g class=\"series\" data-name=\"{}\">\n", escape(s.name));
-    std::string path;
-    std::string circles;
-    bool pen_down = false;
-    const size_t n = std::min(s.x.size(), s.y.size());
-    for (size_t i = 0; i < n; ++i) {
-      if (!usable(s.x[i], s.y[i], panel.log_x)) {
-        pen_down = false;  // a gap, not a line across the missing point
-        continue;
-      }
-      const double x = sx(s.x[i]), y = sy(s.y[i]);
-      path += fmt::format("{}{},{} ", pen_down ? 'L' : 'M', num(x), num(y));
-      pen_down = true;
-      if (dots) circles += fmt::format("<circle cx=\"{}\" cy=\"{}\" r=\"3\"/>", num(x), num(y));
+}
+
+void render_series(std::string& out, const Series& s, const std::string& color, bool log_x,
+                   bool dots, const Frame& f) {
+  out += fmt::format("<g class=\"series\" data-name=\"{}\">\n", escape(s.name));
+  std::string path;
+  std::string circles;
+  bool pen_down = false;
+  const size_t n = std::min(s.x.size(), s.y.size());
+  for (size_t i = 0; i < n; ++i) {
+    if (!usable(s.x[i], s.y[i], log_x)) {
+      pen_down = false;  // a gap, not a line across the missing point
+      continue;
     }
-    if (!path.empty()) {
-      path.pop_back();
-      out += fmt::format(
-          "<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" stroke-linejoin=\"round\" "
-          "stroke-linecap=\"round\"{}/>\n",
-          path, color, s.dashed ? " stroke-dasharray=\"7 4\"" : "");
-    }
-    if (!circles.empty()) {
-      out += fmt::format("<g fill=\"{}\" stroke=\"white\" stroke-width=\"1\">{}</g>\n", color,
-                         circles);
-    }
-    out += "</g>\n";
+    const double x = f.sx(s.x[i]), y = f.sy(s.y[i]);
+    path += fmt::format("{}{},{} ", pen_down ? 'L' : 'M', num(x), num(y));
+    pen_down = true;
+    if (dots) circles += fmt::format("<circle cx=\"{}\" cy=\"{}\" r=\"3\"/>", num(x), num(y));
+  }
+  if (!path.empty()) {
+    path.pop_back();
+    out += fmt::format(
+        "<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" stroke-linejoin=\"round\" "
+        "stroke-linecap=\"round\"{}/>\n",
+        path, color, s.dashed ? " stroke-dasharray=\"7 4\"" : "");
+  }
+  if (!circles.empty()) {
+    out += fmt::format("<g fill=\"{}\" stroke=\"white\" stroke-width=\"1\">{}</g>\n", color,
+                       circles);
   }
   out += "</g>\n";
+}
 
-  // Legend rows above the plot area, so it never hides a line.
+// Markers and series, clipped to the plot area (a fixed y range may cut a spike).
+void render_lines(std::string& out, const Panel& panel, size_t index, bool dots, const Frame& f) {
+  out += fmt::format("<g class=\"lines\" clip-path=\"url(#plot-area-{})\">\n", index);
+  render_markers(out, panel, f);
+  for (size_t k = 0; k < panel.series.size(); ++k) {
+    const auto& s = panel.series[k];
+    render_series(out, s, color_of(k, s.color), panel.log_x, dots, f);
+  }
+  out += "</g>\n";
+}
+
+// Legend rows above the plot area, so it never hides a line.
+void render_legend(std::string& out, const Panel& panel, const Legend& legend, bool dots,
+                   const Frame& f) {
   out += fmt::format("<g class=\"legend\" font-size=\"{}\" fill=\"#222\">\n", kLegendSize);
-  double x = left, y = legend_top + kLegendRow / 2;
-  for (size_t k = 0; k < item_names.size(); ++k) {
-    if (x > left && x + item_widths[k] > right) {
-      x = left;
+  double x = f.left, y = f.legend_top + kLegendRow / 2;
+  for (size_t k = 0; k < legend.names.size(); ++k) {
+    if (x > f.left && x + legend.widths[k] > f.right) {
+      x = f.left;
       y += kLegendRow;
     }
     const bool is_series = k < panel.series.size();
@@ -339,10 +395,36 @@ void render_panel(std::string& out, const Panel& panel, size_t index, double ox,
                          num(x + 12), num(y), color);
     }
     out += fmt::format("<text x=\"{}\" y=\"{}\" dy=\"0.35em\">{}</text>\n", num(x + 30), num(y),
-                       escape(item_names[k]));
-    x += item_widths[k];
+                       escape(legend.names[k]));
+    x += legend.widths[k];
   }
-  out += "</g>\n</g>\n";
+  out += "</g>\n";
+}
+
+void render_panel(std::string& out, const Panel& panel, size_t index, double ox, double oy,
+                  double width, double height) {
+  const Extent extent = extent_of(panel);
+  const Axis y = y_axis(panel, extent.y);
+  const Axis x = x_axis(panel, extent.x, width);
+  std::vector<std::string> y_labels;
+  double y_label_width = 0;
+  for (double t : y.ticks) {
+    y_labels.push_back(tick_label(t, y.step));
+    y_label_width = std::max(y_label_width, text_width(y_labels.back(), kTickSize));
+  }
+  const Legend legend = legend_of(panel);
+  const Frame frame = frame_of(panel, x, y, y_label_width, legend, ox, oy, width, height);
+  // Series with few points get a dot per point.
+  const bool dots = extent.most_points <= kMaxDotted;
+
+  render_heading(out, panel, index, frame);
+  render_y_ticks(out, y, y_labels, frame);
+  render_x_ticks(out, x, frame);
+  render_axes(out, panel, frame);
+  if (!extent.has_data) render_no_data(out, frame);
+  render_lines(out, panel, index, dots, frame);
+  render_legend(out, panel, legend, dots, frame);
+  out += "</g>\n";
 }
 
 }  // namespace

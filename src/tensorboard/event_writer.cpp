@@ -17,6 +17,7 @@
 #include <system_error>
 #include <vector>
 
+#include "../io/byte_order.h"
 #include "crc32c.h"
 #include "trainloop/error.h"
 
@@ -68,9 +69,7 @@ constexpr const char* kFileVersion = "brain.Event:2";
 
 enum WireType { kVarint = 0, kFixed64 = 1, kLengthDelimited = 2, kFixed32 = 5 };
 
-void append_little_endian(std::string& out, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) out += static_cast<char>((value >> (8 * i)) & 0xFFu);
-}
+using io::append_little_endian;
 
 // A protocol buffer message built field by field in wire format.
 class Message {
