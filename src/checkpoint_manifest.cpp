@@ -17,7 +17,7 @@ using nlohmann::json;
 namespace {
 
 // The largest file a checkpoint may hold (model weights included).
-constexpr uint64_t kMaxFileBytes = uint64_t{1} << 40;
+constexpr uint64_t kMaxCheckpointFileBytes = uint64_t{1} << 40;
 
 // JSON has no NaN or infinity; metric values may be either.
 json number_to_json(double value) {
@@ -216,7 +216,7 @@ Manifest parse_manifest(std::string_view text, const std::string& source) {
     if (!entry.is_object()) bad_field(source, field, "an object");
     const int64_t bytes = non_negative(entry, "bytes", source, field + ".");
     const int64_t crc = non_negative(entry, "crc32", source, field + ".");
-    if (static_cast<uint64_t>(bytes) > kMaxFileBytes || crc > 0xffffffffLL) {
+    if (static_cast<uint64_t>(bytes) > kMaxCheckpointFileBytes || crc > 0xffffffffLL) {
       bad_field(source, field, "a size of at most 1 TiB and a 32-bit CRC");
     }
     manifest.files[required] = {static_cast<uint64_t>(bytes), static_cast<uint32_t>(crc)};

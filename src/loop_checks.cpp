@@ -6,13 +6,14 @@
 #include <map>
 #include <set>
 
+#include "error_text.h"
 #include "trainloop/error.h"
 
 namespace trainloop::detail {
 
 std::string shape_text(const torch::Tensor& tensor) {
   if (!tensor.defined()) return "none";
-  return fmt::format("{} [{}]", c10::toString(tensor.scalar_type()), fmt::join(tensor.sizes(), ", "));
+  return fmt::format("{} {}", c10::toString(tensor.scalar_type()), sizes_text(tensor.sizes()));
 }
 
 std::string position(const LoopState& state) {

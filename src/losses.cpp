@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "error_text.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -15,10 +16,6 @@ namespace {
 // Error naming the loss and both shapes instead of a LibTorch assertion from
 // deep inside a kernel (or, for mse, a silent broadcast of [N, 1] against [N]
 // to [N, N]).
-
-std::string shape_of(torch::IntArrayRef sizes) {
-  return fmt::format("[{}]", fmt::join(sizes, ", "));
-}
 
 void check_outputs(const char* loss, const torch::Tensor& outputs, const torch::Tensor& targets) {
   if (!outputs.defined() || !targets.defined()) {
@@ -37,14 +34,14 @@ torch::Tensor class_indices(const char* loss, const torch::Tensor& outputs,
   check_outputs(loss, outputs, targets);
   if (outputs.dim() < 2) {
     throw Error(fmt::format("{}: outputs {}, expected [N, C, ...] with a class dimension", loss,
-                            shape_of(outputs.sizes())));
+                            trainloop::detail::sizes_text(outputs.sizes())));
   }
   std::vector<int64_t> expected(outputs.sizes().begin(), outputs.sizes().end());
   expected.erase(expected.begin() + 1);
   if (targets.sizes() != torch::IntArrayRef(expected)) {
     throw Error(fmt::format("{}: outputs {} need class-index targets {}, got {}", loss,
-                            shape_of(outputs.sizes()), shape_of(expected),
-                            shape_of(targets.sizes())));
+                            trainloop::detail::sizes_text(outputs.sizes()), trainloop::detail::sizes_text(expected),
+                            trainloop::detail::sizes_text(targets.sizes())));
   }
   if (!c10::isIntegralType(targets.scalar_type(), /*includeBool=*/true)) {
     throw Error(fmt::format("{}: targets are {}, expected integer class indices", loss,
@@ -72,7 +69,7 @@ torch::Tensor same_shape(const char* loss, const torch::Tensor& outputs,
   if (outputs.sizes() != targets.sizes() &&
       without_ones(outputs.sizes()) != without_ones(targets.sizes())) {
     throw Error(fmt::format("{}: outputs {} and targets {} differ in shape", loss,
-                            shape_of(outputs.sizes()), shape_of(targets.sizes())));
+                            trainloop::detail::sizes_text(outputs.sizes()), trainloop::detail::sizes_text(targets.sizes())));
   }
   return targets.reshape(outputs.sizes()).to(outputs.scalar_type());
 }

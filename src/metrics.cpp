@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "error_text.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -21,10 +22,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string shape_of(const torch::Tensor& tensor) {
-  return fmt::format("[{}]", fmt::join(tensor.sizes(), ", "));
-}
-
 void check_batch(const std::string& metric, const torch::Tensor& outputs,
                  const torch::Tensor& targets) {
   if (!outputs.defined() || !targets.defined()) {
@@ -32,7 +29,7 @@ void check_batch(const std::string& metric, const torch::Tensor& outputs,
   }
   if (outputs.dim() == 0 || targets.dim() == 0) {
     throw Error(fmt::format("{}: outputs {} and targets {}, expected a leading batch dimension",
-                            metric, shape_of(outputs), shape_of(targets)));
+                            metric, trainloop::detail::sizes_text(outputs.sizes()), trainloop::detail::sizes_text(targets.sizes())));
   }
   if (outputs.size(0) != targets.size(0)) {
     throw Error(fmt::format("{}: outputs hold {} examples, targets {}", metric, outputs.size(0),
@@ -75,11 +72,11 @@ Labels labels_of(const std::string& metric, const torch::Tensor& outputs,
   const bool binary = outputs.dim() == 1 || (outputs.dim() == 2 && outputs.size(1) == 1);
   if (!binary && outputs.dim() != 2) {
     throw Error(fmt::format("{}: outputs {}, expected [N, C] class scores or [N] / [N, 1] logits",
-                            metric, shape_of(outputs)));
+                            metric, trainloop::detail::sizes_text(outputs.sizes())));
   }
   if (targets.numel() != n) {
     throw Error(fmt::format("{}: targets {} for outputs {}, expected one class index each, [{}]",
-                            metric, shape_of(targets), shape_of(outputs), n));
+                            metric, trainloop::detail::sizes_text(targets.sizes()), trainloop::detail::sizes_text(outputs.sizes()), n));
   }
   torch::Tensor actual = on_device(with_shape(without_history(targets), {n}), outputs.device());
   if (binary) {
@@ -152,7 +149,7 @@ void AccumulatingMetric::accumulate(const torch::Tensor& batch_sum, int64_t coun
   if (!batch_sum.defined()) throw Error(fmt::format("{}: the batch's sum is undefined", name_));
   if (!sum_.defined()) {
     if (!fits(batch_sum.sizes(), shape_)) {
-      throw Error(fmt::format("{}: batch sum {}, expected {}", name_, shape_of(batch_sum),
+      throw Error(fmt::format("{}: batch sum {}, expected {}", name_, trainloop::detail::sizes_text(batch_sum.sizes()),
                               sizes_text(shape_)));
     }
     sum_ = torch::zeros(batch_sum.sizes(),
@@ -163,8 +160,8 @@ void AccumulatingMetric::accumulate(const torch::Tensor& batch_sum, int64_t coun
     throw Error(fmt::format("{}: batch on {}, earlier batches on {}; reset() before moving", name_,
                             batch_sum.device().str(), sum_.device().str()));
   } else if (batch_sum.sizes() != sum_.sizes()) {
-    throw Error(fmt::format("{}: batch sum {}, earlier batches {}", name_, shape_of(batch_sum),
-                            shape_of(sum_)));
+    throw Error(fmt::format("{}: batch sum {}, earlier batches {}", name_, trainloop::detail::sizes_text(batch_sum.sizes()),
+                            trainloop::detail::sizes_text(sum_.sizes())));
   }
   value_.reset();
   // add_ converts to the sum's dtype as it adds: no extra tensor per batch.
@@ -200,7 +197,7 @@ void AccumulatingMetric::load(torch::serialize::InputArchive& archive) {
   }
   if (has_sum && (saved_sum.scalar_type() != dtype_ || !fits(saved_sum.sizes(), shape_))) {
     throw Error(fmt::format("{}: the saved sum is {} {}, expected {} {}", name_,
-                            c10::toString(saved_sum.scalar_type()), shape_of(saved_sum),
+                            c10::toString(saved_sum.scalar_type()), trainloop::detail::sizes_text(saved_sum.sizes()),
                             c10::toString(dtype_), sizes_text(shape_)));
   }
   value_.reset();
@@ -219,7 +216,7 @@ void AccumulatingMetric::all_reduce(const ReduceFunction& reduce) {
     shape.assign(sizes.data_ptr<int64_t>(), sizes.data_ptr<int64_t>() + sizes.numel());
     if (std::find(shape.begin(), shape.end(), -1) != shape.end()) return;  // no process has a sum
     if (sum_.defined() && sum_.sizes() != torch::IntArrayRef(shape)) {
-      throw Error(fmt::format("{}: sum {} on this process, {} on another", name_, shape_of(sum_),
+      throw Error(fmt::format("{}: sum {} on this process, {} on another", name_, trainloop::detail::sizes_text(sum_.sizes()),
                               sizes_text(shape)));
     }
   }
@@ -251,7 +248,7 @@ class MeanLoss final : public AccumulatingMetric {
     check_batch(name(), outputs, targets);
     if (!loss.defined() || loss.numel() != 1) {
       throw Error(fmt::format("{}: batch loss {}, expected a scalar", name(),
-                              loss.defined() ? shape_of(loss) : std::string("undefined")));
+                              loss.defined() ? trainloop::detail::sizes_text(loss.sizes()) : std::string("undefined")));
     }
     const int64_t weight = per_token_ ? targets.numel() : targets.size(0);
     // An empty batch has a NaN mean loss, which would poison the sum at weight 0.
@@ -300,13 +297,13 @@ class TopKAccuracy final : public AccumulatingMetric {
     check_batch(name(), outputs, targets);
     if (outputs.dim() != 2) {
       throw Error(
-          fmt::format("{}: outputs {}, expected [N, C] class scores", name(), shape_of(outputs)));
+          fmt::format("{}: outputs {}, expected [N, C] class scores", name(), trainloop::detail::sizes_text(outputs.sizes())));
     }
     const int64_t n = outputs.size(0);
     const int64_t num_classes = outputs.size(1);
     if (targets.numel() != n) {
       throw Error(fmt::format("{}: targets {} for outputs {}, expected one class index each, [{}]",
-                              name(), shape_of(targets), shape_of(outputs), n));
+                              name(), trainloop::detail::sizes_text(targets.sizes()), trainloop::detail::sizes_text(outputs.sizes()), n));
     }
     if (n == 0) return;
 

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <utility>
 
+#include "error_text.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -42,7 +43,6 @@ std::map<std::string, Held>& registry() {
   return held;
 }
 
-std::string errno_text(int code) { return std::strerror(code); }
 
 // What the holder wrote into the lock file: its PID, or nothing yet.
 std::string holder_of(int descriptor) {
@@ -89,14 +89,14 @@ int acquire(const std::string& path, const std::string& file) {
     const int descriptor = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (descriptor < 0) {
       throw Error(fmt::format("{}: cannot create the lock file {}: {}", path, file,
-                              errno_text(errno)));
+                              trainloop::detail::errno_text(errno)));
     }
     if (::flock(descriptor, LOCK_EX | LOCK_NB) != 0) {
       const int code = errno;
       const std::string holder = code == EWOULDBLOCK ? holder_of(descriptor) : "";
       ::close(descriptor);
       if (code != EWOULDBLOCK) {
-        throw Error(fmt::format("{}: cannot lock {}: {}", path, file, errno_text(code)));
+        throw Error(fmt::format("{}: cannot lock {}: {}", path, file, trainloop::detail::errno_text(code)));
       }
       throw Error(fmt::format(
           "{}: in use by another process{}: two runs must not write into one output; wait for "

@@ -7,6 +7,7 @@
 #include <set>
 #include <string_view>
 
+#include "error_text.h"
 #include "io/files.h"
 #include "io/state_dict.h"
 #include "trainloop/error.h"
@@ -17,9 +18,7 @@ namespace trainloop {
 namespace {
 
 // The largest weights file read (1 TiB): a bound, not a limit anyone meets.
-constexpr uint64_t kMaxFileBytes = uint64_t{1} << 40;
-
-std::string shape_text(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
+constexpr uint64_t kMaxWeightsFileBytes = uint64_t{1} << 40;
 
 // Parameters and buffers by name, as a state dict.
 std::vector<std::pair<std::string, torch::Tensor>> state_entries(const Model& model) {
@@ -63,21 +62,21 @@ void apply_weights(const Model& model, std::string_view bytes, const std::string
     const auto found = saved.find(name);
     if (found == saved.end()) {
       throw Error(fmt::format("{}: holds no \"{}\", which the model has (shape {})", source, name,
-                              shape_text(tensor.sizes())));
+                              trainloop::detail::sizes_text(tensor.sizes())));
     }
     if (!found->second.problem.empty()) {
       throw Error(fmt::format("{}: \"{}\" {}", source, name, found->second.problem));
     }
     if (found->second.tensor.sizes() != tensor.sizes()) {
       throw Error(fmt::format("{}: \"{}\" has shape {}, the model's has {}", source, name,
-                              shape_text(found->second.tensor.sizes()), shape_text(tensor.sizes())));
+                              trainloop::detail::sizes_text(found->second.tensor.sizes()), trainloop::detail::sizes_text(tensor.sizes())));
     }
   }
   for (const auto& [name, entry] : saved) {
     if (names.count(name) == 0) {
       throw Error(fmt::format("{}: holds \"{}\"{}, which the model does not have", source, name,
                               entry.tensor.defined()
-                                  ? fmt::format(" (shape {})", shape_text(entry.tensor.sizes()))
+                                  ? fmt::format(" (shape {})", trainloop::detail::sizes_text(entry.tensor.sizes()))
                                   : ""));
     }
   }
@@ -104,7 +103,7 @@ void save_weights(const Model& model, const std::string& path) {
 }
 
 void load_weights(Model& model, const std::string& path) {
-  detail::apply_weights(model, io::read_file(path, kMaxFileBytes), path);
+  detail::apply_weights(model, io::read_file(path, kMaxWeightsFileBytes), path);
 }
 
 void save_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
@@ -113,7 +112,7 @@ void save_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& tens
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> load_tensors(const std::string& path) {
-  const std::string bytes = io::read_file(path, kMaxFileBytes);
+  const std::string bytes = io::read_file(path, kMaxWeightsFileBytes);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   try {
     for (auto& entry : io::read_state_dict(bytes)) {

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kKey = "checkpoint";
+constexpr const char* kCheckpointKey = "checkpoint";
 
 bool improved(Mode mode, double value, double best) {
   return mode == Mode::min ? value < best : value > best;
@@ -90,7 +90,7 @@ void CheckpointCallback::on_event(Event event, TrainingLoop& loop) {
       const int64_t epochs_done = state.epoch + 1;
       bool best = false;
       if (!options_.monitor().empty()) {
-        const double value = detail::monitored_value(kKey, state, options_.monitor());
+        const double value = detail::monitored_value(kCheckpointKey, state, options_.monitor());
         best = improved(options_.mode(), value, best_value_);
         if (best) best_value_ = value;
       }
@@ -108,7 +108,7 @@ void CheckpointCallback::start(TrainingLoop& loop) {
   const LoopState& state = loop.state();
   // In a data-parallel fit rank 0 alone writes into the directory.
   if (state.rank == 0) prepare_directory();
-  if (!options_.monitor().empty()) detail::check_monitor(kKey, loop, options_.monitor());
+  if (!options_.monitor().empty()) detail::check_monitor(kCheckpointKey, loop, options_.monitor());
   const bool inside_epochs = options_.every_n_steps() > 0 || options_.every_n_minutes() > 0 ||
                              options_.on_interrupt();
   loop.check_checkpointable(inside_epochs);
@@ -216,7 +216,7 @@ void CheckpointCallback::save(torch::serialize::OutputArchive& archive) const {
 }
 
 void CheckpointCallback::load(torch::serialize::InputArchive& archive) {
-  best_value_ = detail::read_scalar(kKey, archive, "best_value").item<double>();
+  best_value_ = detail::read_scalar(kCheckpointKey, archive, "best_value").item<double>();
   c10::IValue path;
   if (!archive.try_read("best_path", path) || !path.isString()) {
     throw Error("checkpoint: the saved state has no best_path");

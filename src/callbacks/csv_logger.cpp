@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "../error_text.h"
 #include "../io/csv_records.h"
 #include "flush_timer.h"
 #include "monitored_metric.h"
@@ -59,7 +60,6 @@ void append_number(fmt::memory_buffer& out, double value) {
   }
 }
 
-std::string system_message(int error) { return std::strerror(error); }
 
 // The first CSV record of `file` as it stands there (a newline inside quotes
 // does not end it), without its line ending; reads at most `limit` bytes.
@@ -197,7 +197,7 @@ class CsvLogger : public Callback {
   }
 
   [[noreturn]] void fail(const std::string& what, int error) const {
-    throw Error(fmt::format("{}: {}: {}", options_.path(), what, system_message(error)));
+    throw Error(fmt::format("{}: {}: {}", options_.path(), what, trainloop::detail::errno_text(error)));
   }
 
   void open(const LoopState& state) {

@@ -15,13 +15,13 @@ namespace trainloop::callbacks {
 
 namespace {
 
-constexpr const char* kKey = "early_stopping";
+constexpr const char* kEarlyStoppingKey = "early_stopping";
 
 // The bad epochs that the tracker counts are Keras' "wait".
 class EarlyStopping : public detail::MonitoringCallback {
  public:
   explicit EarlyStopping(EarlyStoppingOptions options)
-      : MonitoringCallback(kKey, options.monitor(),
+      : MonitoringCallback(kEarlyStoppingKey, options.monitor(),
                            {options.mode(), options.min_delta(), /*relative=*/false}),
         options_(std::move(options)) {
     if (options_.patience() < 0) {
@@ -43,9 +43,9 @@ class EarlyStopping : public detail::MonitoringCallback {
   }
 
   void load(torch::serialize::InputArchive& archive) override {
-    tracker().load(kKey, archive, "wait");
-    best_epoch_ = detail::read_scalar(kKey, archive, "best_epoch").item<int64_t>();
-    const auto count = detail::read_scalar(kKey, archive, "best_weight_count").item<int64_t>();
+    tracker().load(kEarlyStoppingKey, archive, "wait");
+    best_epoch_ = detail::read_scalar(kEarlyStoppingKey, archive, "best_epoch").item<int64_t>();
+    const auto count = detail::read_scalar(kEarlyStoppingKey, archive, "best_weight_count").item<int64_t>();
     best_weights_.clear();
     for (int64_t i = 0; i < count; ++i) {
       torch::Tensor weight;
@@ -99,7 +99,7 @@ class EarlyStopping : public detail::MonitoringCallback {
     if (weights.size() != best_weights_.size()) {
       throw Error(fmt::format("{}: the model has {} parameters and buffers, the best epoch's "
                               "copy has {}; expected the same model",
-                              kKey, weights.size(), best_weights_.size()));
+                              kEarlyStoppingKey, weights.size(), best_weights_.size()));
     }
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < weights.size(); ++i) {

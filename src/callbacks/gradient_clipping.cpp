@@ -16,7 +16,7 @@ namespace trainloop::callbacks {
 
 namespace {
 
-constexpr const char* kKey = "gradient_clipping";
+constexpr const char* kClippingKey = "gradient_clipping";
 
 class GradientClipping : public Callback {
  public:
@@ -24,23 +24,23 @@ class GradientClipping : public Callback {
     const auto& max_norm = options_.max_norm();
     const auto& clip_value = options_.clip_value();
     if (max_norm.has_value() == clip_value.has_value()) {
-      throw Error(fmt::format("{}: {}; expected exactly one of max_norm and clip_value", kKey,
+      throw Error(fmt::format("{}: {}; expected exactly one of max_norm and clip_value", kClippingKey,
                               max_norm ? "both max_norm and clip_value are set"
                                        : "neither max_norm nor clip_value is set"));
     }
     if (max_norm && !(*max_norm > 0)) {
-      throw Error(fmt::format("{}: max_norm is {}, expected > 0", kKey, *max_norm));
+      throw Error(fmt::format("{}: max_norm is {}, expected > 0", kClippingKey, *max_norm));
     }
     if (clip_value && !(*clip_value > 0)) {
-      throw Error(fmt::format("{}: clip_value is {}, expected > 0", kKey, *clip_value));
+      throw Error(fmt::format("{}: clip_value is {}, expected > 0", kClippingKey, *clip_value));
     }
     if (!(options_.norm_type() >= 0)) {
-      throw Error(fmt::format("{}: norm_type is {}, expected >= 0 or infinity", kKey,
+      throw Error(fmt::format("{}: norm_type is {}, expected >= 0 or infinity", kClippingKey,
                               options_.norm_type()));
     }
   }
 
-  std::string state_key() const override { return kKey; }
+  std::string state_key() const override { return kClippingKey; }
 
   void on_event(Event event, TrainingLoop& loop) override {
     if (event != Event::update_start) return;

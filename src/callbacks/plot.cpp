@@ -163,7 +163,7 @@ bool next_record(io::CsvRecords& records, const std::string& path, std::vector<C
   return true;
 }
 
-double parse_number(const std::string& text, bool& ok) {
+double parse_cell_number(const std::string& text, bool& ok) {
   // from_chars is locale-independent and reads "nan", "inf" and "-inf" as
   // the logger writes them; it refuses a leading '+', which we allow.
   const char* first = text.data();
@@ -216,7 +216,7 @@ History read_csv_log(const std::string& path) {
     }
     const Cell& epoch_cell = row[epoch_column];
     bool ok = false;
-    const double epoch = parse_number(epoch_cell.text, ok);
+    const double epoch = parse_cell_number(epoch_cell.text, ok);
     if (!ok || !(epoch >= 1) || epoch != std::floor(epoch) || epoch > 1e15) {
       throw Error(fmt::format("{}:{}:{}: epoch \"{}\", expected a whole number >= 1", path,
                               epoch_cell.line, epoch_column + 1, epoch_cell.text));
@@ -230,7 +230,7 @@ History read_csv_log(const std::string& path) {
     for (size_t column : metric_columns) {
       const Cell& cell = row[column];
       if (cell.text.empty()) continue;  // not logged in this phase
-      const double value = parse_number(cell.text, ok);
+      const double value = parse_cell_number(cell.text, ok);
       if (!ok) {
         throw Error(fmt::format("{}:{}:{}: \"{}\" in column \"{}\" is not a number", path,
                                 cell.line, column + 1, cell.text, header[column].text));

@@ -15,19 +15,19 @@ namespace trainloop::callbacks {
 
 namespace {
 
-constexpr const char* kKey = "reduce_lr_on_plateau";
+constexpr const char* kPlateauKey = "reduce_lr_on_plateau";
 
 // Mirrors torch.optim.lr_scheduler.ReduceLROnPlateau step by step, so a run
 // ported from Python reduces its rate at the same epochs to the same values.
 class ReduceLrOnPlateau : public detail::MonitoringCallback {
  public:
   explicit ReduceLrOnPlateau(ReduceLrOnPlateauOptions options)
-      : MonitoringCallback(kKey, options.monitor(),
+      : MonitoringCallback(kPlateauKey, options.monitor(),
                            {options.mode(), options.threshold(),
                             options.threshold_mode() == ThresholdMode::rel}),
         options_(std::move(options)) {
     if (!(options_.factor() >= 0 && options_.factor() < 1)) {
-      throw Error(fmt::format("{}: factor is {}, expected in [0, 1)", kKey, options_.factor()));
+      throw Error(fmt::format("{}: factor is {}, expected in [0, 1)", kPlateauKey, options_.factor()));
     }
     check_at_least_zero("patience", static_cast<double>(options_.patience()));
     check_at_least_zero("cooldown", static_cast<double>(options_.cooldown()));
@@ -42,13 +42,13 @@ class ReduceLrOnPlateau : public detail::MonitoringCallback {
   }
 
   void load(torch::serialize::InputArchive& archive) override {
-    tracker().load(kKey, archive, "num_bad_epochs");
-    cooldown_counter_ = detail::read_scalar(kKey, archive, "cooldown_counter").item<int64_t>();
+    tracker().load(kPlateauKey, archive, "num_bad_epochs");
+    cooldown_counter_ = detail::read_scalar(kPlateauKey, archive, "cooldown_counter").item<int64_t>();
   }
 
  private:
   static void check_at_least_zero(const char* name, double value) {
-    if (!(value >= 0)) throw Error(fmt::format("{}: {} is {}, expected >= 0", kKey, name, value));
+    if (!(value >= 0)) throw Error(fmt::format("{}: {} is {}, expected >= 0", kPlateauKey, name, value));
   }
 
   void reset() {
@@ -72,7 +72,7 @@ class ReduceLrOnPlateau : public detail::MonitoringCallback {
   }
 
   void reduce(LoopState& state) const {
-    if (state.optimizer == nullptr) throw Error(fmt::format("{}: the loop has no optimizer", kKey));
+    if (state.optimizer == nullptr) throw Error(fmt::format("{}: the loop has no optimizer", kPlateauKey));
     for (auto& group : state.optimizer->param_groups()) {
       const double old_rate = group.options().get_lr();
       const double new_rate = std::max(old_rate * options_.factor(), options_.min_lr());

@@ -17,7 +17,7 @@ namespace trainloop::callbacks {
 
 namespace {
 
-constexpr const char* kKey = "terminate_on_nan";
+constexpr const char* kNanKey = "terminate_on_nan";
 
 // Per batch, the loss (and per update, each gradient's largest absolute
 // element) is copied into a slot of a small device buffer: one kernel, no
@@ -28,12 +28,12 @@ class TerminateOnNan : public Callback {
  public:
   explicit TerminateOnNan(TerminateOnNanOptions options) : options_(std::move(options)) {
     if (options_.check_every_n_batches() < 1) {
-      throw Error(fmt::format("{}: check_every_n_batches is {}, expected >= 1", kKey,
+      throw Error(fmt::format("{}: check_every_n_batches is {}, expected >= 1", kNanKey,
                               options_.check_every_n_batches()));
     }
   }
 
-  std::string state_key() const override { return kKey; }
+  std::string state_key() const override { return kNanKey; }
 
   void on_event(Event event, TrainingLoop& loop) override {
     const LoopState& state = loop.state();
@@ -93,7 +93,7 @@ class TerminateOnNan : public Callback {
     if (names_.empty() || row >= options_.check_every_n_batches()) return;
     const auto parameters = model.named_parameters();
     if (parameters.size() != names_.size()) {
-      throw Error(fmt::format("{}: the model has {} parameters, {} at training_start", kKey,
+      throw Error(fmt::format("{}: the model has {} parameters, {} at training_start", kNanKey,
                               parameters.size(), names_.size()));
     }
     std::optional<torch::Device> device;
@@ -166,11 +166,11 @@ class TerminateOnNan : public Callback {
     }
     // A bad loss makes bad gradients in the same batch; the loss is the cause.
     if (loss_batch != kNone && loss_batch <= gradient_batch) {
-      throw Error(fmt::format("{}: loss is {} at epoch {}, batch {}", kKey, kind(loss_value),
+      throw Error(fmt::format("{}: loss is {} at epoch {}, batch {}", kNanKey, kind(loss_value),
                               state.epoch + 1, loss_batch + 1));
     }
     if (gradient_batch != kNone) {
-      throw Error(fmt::format("{}: gradient of {} is {} at epoch {}, batch {}", kKey,
+      throw Error(fmt::format("{}: gradient of {} is {} at epoch {}, batch {}", kNanKey,
                               gradient_name, kind(gradient_value), state.epoch + 1,
                               gradient_batch + 1));
     }

@@ -34,7 +34,7 @@ struct Label {
 };
 
 // The label bytes of a record, in file order.
-std::vector<Label> labels_of(CifarVariant variant) {
+std::vector<Label> cifar_labels(CifarVariant variant) {
   if (variant == CifarVariant::cifar10) return {{"label", 10}};
   return {{"coarse label", 20}, {"fine label", 100}};
 }
@@ -99,7 +99,7 @@ TensorDataset parse_cifar(std::string_view bytes, const std::string& source_name
   }
   const int64_t count = size / record;
   const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
-  const std::vector<Label> labels = labels_of(variant);
+  const std::vector<Label> labels = cifar_labels(variant);
   const int64_t kept = kept_label(variant);
 
   // Every label is checked before the images are allocated.

@@ -25,7 +25,7 @@ constexpr uint32_t kLabelMagic = 0x00000801;  // uint8, 1 dimension
 constexpr int kMaxDims = 8;
 // Far above any IDX file in use; a header beyond it is taken as corrupt.
 constexpr uint64_t kMaxDataBytes = uint64_t{16} << 30;
-constexpr size_t kChunkBytes = size_t{1} << 20;
+constexpr size_t kInflateChunkBytes = size_t{1} << 20;
 
 struct Header {
   uint32_t magic = 0;
@@ -130,7 +130,7 @@ torch::Tensor read_idx_checked(const std::string& path, std::optional<uint32_t> 
   auto buffer = std::make_unique<std::vector<unsigned char>>();
   const auto total = static_cast<size_t>(header.data_bytes);
   while (buffer->size() < total) {
-    const size_t chunk = std::min(kChunkBytes, total - buffer->size());
+    const size_t chunk = std::min(kInflateChunkBytes, total - buffer->size());
     if (buffer->size() + chunk > buffer->capacity()) {
       buffer->reserve(std::min(total, std::max(2 * buffer->capacity(), buffer->size() + chunk)));
     }

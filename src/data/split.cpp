@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../error_text.h"
 #include "trainloop/data/example_order.h"
 #include "trainloop/error.h"
 
@@ -19,7 +20,6 @@ constexpr const char* kWho = "train_test_split";
 // Keeps N * N within int64 for the exact stratified shares.
 constexpr int64_t kMaxExamples = int64_t{3} << 30;
 
-std::string shape(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
 // The class label of every example, checked for stratifying.
 std::vector<int64_t> class_labels(const TensorDataset& dataset) {
@@ -31,7 +31,7 @@ std::vector<int64_t> class_labels(const TensorDataset& dataset) {
       targets.scalar_type() == torch::kBool || targets.is_complex()) {
     throw Error(fmt::format("{}: stratify needs integer class targets [{}], found {} {}", kWho,
                             dataset.size(), c10::toString(targets.scalar_type()),
-                            shape(targets.sizes())));
+                            trainloop::detail::sizes_text(targets.sizes())));
   }
   const torch::Tensor labels = targets.to(torch::kCPU, torch::kLong).contiguous();
   return std::vector<int64_t>(labels.data_ptr<int64_t>(),
@@ -139,7 +139,7 @@ TensorDataset subset(const TensorDataset& dataset, const torch::Tensor& indices)
     throw Error(fmt::format("subset: indices {}, expected int64 [n]",
                             indices.defined() ? fmt::format("{} {}",
                                                             c10::toString(indices.scalar_type()),
-                                                            shape(indices.sizes()))
+                                                            trainloop::detail::sizes_text(indices.sizes()))
                                               : std::string("undefined")));
   }
   const int64_t size = dataset.size();

@@ -6,12 +6,12 @@
 #include <limits>
 #include <string>
 
+#include "../error_text.h"
 #include "trainloop/error.h"
 
 namespace trainloop::data {
 namespace {
 
-std::string shape(torch::IntArrayRef sizes) { return fmt::format("[{}]", fmt::join(sizes, ", ")); }
 
 }  // namespace
 
@@ -23,7 +23,7 @@ Standardizer& Standardizer::fit(const torch::Tensor& features) {
     throw Error(fmt::format(
         "Standardizer::fit: features {}, expected floating-point [N, F] with N >= 1",
         features.defined()
-            ? fmt::format("{} {}", c10::toString(features.scalar_type()), shape(features.sizes()))
+            ? fmt::format("{} {}", c10::toString(features.scalar_type()), trainloop::detail::sizes_text(features.sizes()))
             : std::string("undefined")));
   }
   const torch::Tensor x = features.to(torch::kCPU, torch::kDouble);
@@ -54,7 +54,7 @@ torch::Tensor Standardizer::checked(const torch::Tensor& features, const char* w
     throw Error(fmt::format(
         "Standardizer::{}: features {}, expected floating-point [N, {}] as fitted", who,
         features.defined()
-            ? fmt::format("{} {}", c10::toString(features.scalar_type()), shape(features.sizes()))
+            ? fmt::format("{} {}", c10::toString(features.scalar_type()), trainloop::detail::sizes_text(features.sizes()))
             : std::string("undefined"),
         width));
   }
@@ -105,7 +105,7 @@ void Standardizer::load(torch::serialize::InputArchive& archive, const std::stri
       !(scale > 0).all().item<bool>() || !torch::isfinite(scale).all().item<bool>()) {
     throw Error(fmt::format("Standardizer::load: \"{}\" holds mean {} and scale {}, expected "
                             "float64 [F] each, finite, with positive scales",
-                            key, shape(mean.sizes()), shape(scale.sizes())));
+                            key, trainloop::detail::sizes_text(mean.sizes()), trainloop::detail::sizes_text(scale.sizes())));
   }
   mean_ = mean.to(torch::kCPU);
   scale_ = scale.to(torch::kCPU);

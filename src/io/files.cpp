@@ -11,13 +11,13 @@
 #include <cstring>
 #include <filesystem>
 
+#include "../error_text.h"
 #include "trainloop/error.h"
 
 namespace trainloop::io {
 
 namespace {
 
-std::string error_text(int error) { return std::strerror(error); }
 
 // Writes all of `bytes`, retrying short writes and EINTR; returns errno or 0.
 int write_all(int fd, std::string_view bytes) {
@@ -35,13 +35,13 @@ int write_all(int fd, std::string_view bytes) {
 
 void sync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open to sync: {}", path, error_text(errno)));
+  if (fd < 0) throw Error(fmt::format("{}: cannot open to sync: {}", path, trainloop::detail::errno_text(errno)));
   const bool synced = ::fsync(fd) == 0;
   const int error = errno;
   ::close(fd);
   // Some file systems refuse fsync on a directory; that is no data loss.
   if (!synced && error != EINVAL && error != EROFS) {
-    throw Error(fmt::format("{}: cannot sync to disk: {}", path, error_text(error)));
+    throw Error(fmt::format("{}: cannot sync to disk: {}", path, trainloop::detail::errno_text(error)));
   }
 }
 
@@ -55,7 +55,7 @@ void write_atomically(const std::string& path, std::string_view bytes, bool dura
   const int fd = mkstemp(temp.data());
   if (fd < 0) {
     throw Error(fmt::format("{}: cannot create a temporary file in {}: {}", path,
-                            directory.string(), error_text(errno)));
+                            directory.string(), trainloop::detail::errno_text(errno)));
   }
   int error = write_all(fd, bytes);
   // mkstemp creates 0600; what we write is meant to be read like any file.
@@ -64,7 +64,7 @@ void write_atomically(const std::string& path, std::string_view bytes, bool dura
   if (::close(fd) != 0 && error == 0) error = errno;
   if (error != 0) {
     std::remove(temp.c_str());
-    throw Error(fmt::format("{}: cannot write {}: {}", path, temp, error_text(error)));
+    throw Error(fmt::format("{}: cannot write {}: {}", path, temp, trainloop::detail::errno_text(error)));
   }
   std::error_code rename_error;
   fs::rename(temp, target, rename_error);

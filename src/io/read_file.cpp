@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "../error_text.h"
 #include "files.h"
 #include "trainloop/error.h"
 
@@ -20,9 +21,8 @@ namespace trainloop::io {
 
 namespace {
 
-constexpr size_t kChunkBytes = size_t{1} << 20;
+constexpr size_t kReadChunkBytes = size_t{1} << 20;
 
-std::string error_text(int error) { return std::strerror(error); }
 
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() &&
@@ -77,13 +77,13 @@ int open_regular_file(const std::string& path) {
   // stat never blocks, where open of a FIFO waits for a writer.
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0) {
-    throw Error(fmt::format("{}: cannot open: {}", path, error_text(errno)));
+    throw Error(fmt::format("{}: cannot open: {}", path, trainloop::detail::errno_text(errno)));
   }
   if (!S_ISREG(info.st_mode)) throw not_regular(path, info.st_mode);
   // O_NONBLOCK: should a FIFO have taken the file's place since the stat, the
   // open still returns, and the fstat below refuses it.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, error_text(errno)));
+  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, trainloop::detail::errno_text(errno)));
   if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
     ::close(fd);
     throw not_regular(path, info.st_mode);
@@ -99,7 +99,7 @@ InputFile::InputFile(const std::string& path, bool gunzip)
   if (::fstat(fd_, &info) != 0) {
     const int error = errno;
     ::close(fd_);
-    throw Error(fmt::format("{}: cannot read: {}", path_, error_text(error)));
+    throw Error(fmt::format("{}: cannot read: {}", path_, trainloop::detail::errno_text(error)));
   }
   size_on_disk_ = static_cast<uint64_t>(info.st_size);
   if (!gunzip || !ends_with(path_, ".gz")) return;
@@ -128,7 +128,7 @@ size_t InputFile::read(void* buffer, size_t size) {
   auto* out = static_cast<char*>(buffer);
   size_t total = 0;
   while (total < size) {
-    const size_t want = std::min(size - total, kChunkBytes);
+    const size_t want = std::min(size - total, kReadChunkBytes);
     const size_t got = gz_ != nullptr ? read_gzip(out + total, want) : read_plain(out + total, want);
     if (got == 0) break;
     total += got;
@@ -140,7 +140,7 @@ size_t InputFile::read_plain(char* out, size_t size) {
   while (true) {
     const ssize_t got = ::read(fd_, out, size);
     if (got >= 0) return static_cast<size_t>(got);
-    if (errno != EINTR) throw Error(fmt::format("{}: read error: {}", path_, error_text(errno)));
+    if (errno != EINTR) throw Error(fmt::format("{}: read error: {}", path_, trainloop::detail::errno_text(errno)));
   }
 }
 
@@ -161,7 +161,7 @@ void InputFile::check_complete() const {
 void InputFile::rewind() {
   cut_short_ = false;
   const bool done = gz_ != nullptr ? gzrewind(gz_) == 0 : ::lseek(fd_, 0, SEEK_SET) == 0;
-  if (!done) throw Error(fmt::format("{}: cannot read: {}", path_, error_text(errno)));
+  if (!done) throw Error(fmt::format("{}: cannot read: {}", path_, trainloop::detail::errno_text(errno)));
 }
 
 namespace {
@@ -182,7 +182,7 @@ Error too_big(const InputFile& file, const ReadOptions& options, std::optional<u
 // buffer: a file that inflates past the limit stops there having held 1 MiB,
 // never the output.
 uint64_t inflated_size(InputFile& file, const ReadOptions& options) {
-  std::vector<char> scratch(kChunkBytes);
+  std::vector<char> scratch(kReadChunkBytes);
   uint64_t total = 0;
   while (const size_t got = file.read(scratch.data(), scratch.size())) {
     total += got;
@@ -211,8 +211,8 @@ std::string read_file(const std::string& path, const ReadOptions& options) {
     // Read one byte past the limit, so a file of exactly max_bytes passes;
     // a file that grew meanwhile grows the buffer.
     const size_t room = options.max_bytes - old_size;
-    const size_t spare = bytes.capacity() > old_size ? bytes.capacity() - old_size : kChunkBytes;
-    const size_t chunk = std::min({kChunkBytes, room < kChunkBytes ? room + 1 : kChunkBytes, spare});
+    const size_t spare = bytes.capacity() > old_size ? bytes.capacity() - old_size : kReadChunkBytes;
+    const size_t chunk = std::min({kReadChunkBytes, room < kReadChunkBytes ? room + 1 : kReadChunkBytes, spare});
     bytes.resize(old_size + chunk);
     const size_t got = file.read(bytes.data() + old_size, chunk);
     bytes.resize(old_size + got);

@@ -33,7 +33,7 @@ const char* storage_class(torch::ScalarType type) {
   return storage_class_name(type);
 }
 
-bool little_endian() {
+bool host_is_little_endian() {
   const uint16_t one = 1;
   unsigned char first = 0;
   std::memcpy(&first, &one, 1);
@@ -194,7 +194,7 @@ std::string state_dict_bytes(const std::vector<std::pair<std::string, torch::Ten
     writer.writeRecord("data.pkl", data.data(), data.size());
     writer.writeRecord(".format_version", "1", 1);
     writer.writeRecord(".storage_alignment", "64", 2);
-    const char* byteorder = little_endian() ? "little" : "big";
+    const char* byteorder = host_is_little_endian() ? "little" : "big";
     writer.writeRecord("byteorder", byteorder, std::strlen(byteorder));
     for (size_t i = 0; i < tensors.size(); ++i) {
       const torch::Tensor& tensor = tensors[i];
