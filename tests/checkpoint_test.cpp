@@ -553,6 +553,19 @@ TEST_F(CheckpointTest, AnEmptyCheckpointDirectoryStartsAFreshFit) {
   EXPECT_TRUE(run.loop.state().resumed_from.empty());
 }
 
+// The directory is the options' required argument, as other factories take
+// theirs; the older form with it apart is the same callback.
+TEST_F(CheckpointTest, TheDirectoryComesInTheOptionsOrApart) {
+  const std::string dir = (scratch.path / "c").string();
+  auto in_options = callbacks::checkpoint(callbacks::CheckpointOptions(dir).keep_last(1));
+  auto apart = callbacks::checkpoint(dir, callbacks::CheckpointOptions().keep_last(1));
+  EXPECT_EQ(in_options->state_key(), "checkpoint:" + dir);
+  EXPECT_EQ(apart->state_key(), in_options->state_key());
+  EXPECT_EQ(callbacks::checkpoint(dir)->outputs().front().path, dir);
+  EXPECT_THAT([] { callbacks::checkpoint(callbacks::CheckpointOptions()); },
+              ThrowsMessage<Error>(HasSubstr("checkpoint: the directory is empty")));
+}
+
 TEST_F(CheckpointTest, AnUnwritableDirectoryFailsAtFitStart) {
   std::ofstream(scratch.path / "file") << "not a directory";
   const fs::path inside_a_file = scratch.path / "file" / "checkpoints";

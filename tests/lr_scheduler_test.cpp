@@ -97,6 +97,28 @@ struct LrSchedulerTest : testing::Test {
 };
 
 // The seed's BERT-CoLA schedule (warm-up 5 of the 12 steps here), through
+// The factory takes its required argument in its options, as the others do;
+// the older form with the schedule apart gives the same rates.
+TEST_F(LrSchedulerTest, OptionsHoldTheScheduleAndOptionsWithoutOneAreAnError) {
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(1.0));
+  const Schedule schedule({{shapes::linear, 0.4, 0.0}});
+  auto loop = make_loop(optimizer, {callbacks::lr_scheduler(callbacks::LrSchedulerOptions(schedule).per_epoch(true)),
+                                    record.callback()});
+  loop.fit(model, 2);
+  const std::vector<double> from_options = record.rates;
+  record.rates.clear();
+  torch::optim::SGD second(model->parameters(), torch::optim::SGDOptions(1.0));
+  auto apart = make_loop(second, {callbacks::lr_scheduler(schedule, callbacks::LrSchedulerOptions().per_epoch(true)),
+                                  record.callback()});
+  apart.fit(model, 2);
+  ASSERT_EQ(from_options.size(), 8u);
+  EXPECT_EQ(record.rates, from_options);
+  EXPECT_DOUBLE_EQ(from_options.front(), 0.4);
+  EXPECT_DOUBLE_EQ(from_options.back(), 0.2);
+  EXPECT_THAT([] { callbacks::lr_scheduler(callbacks::LrSchedulerOptions()); },
+              testing::ThrowsMessage<Error>(HasSubstr("lr_scheduler: the options hold no schedule")));
+}
+
 // 3 epochs × 4 batches.
 TEST_F(LrSchedulerTest, WarmupAndDecayThroughTheLoop) {
   torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(1.0));

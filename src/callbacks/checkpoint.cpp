@@ -43,8 +43,8 @@ bool abandoned_temporary(const std::string& name) {
 
 }  // namespace
 
-CheckpointCallback::CheckpointCallback(std::string directory, CheckpointOptions options)
-    : directory_(std::move(directory)), options_(std::move(options)) {
+CheckpointCallback::CheckpointCallback(CheckpointOptions options)
+    : directory_(options.directory()), options_(std::move(options)) {
   if (directory_.empty()) throw Error("checkpoint: the directory is empty");
   if (options_.every_n_epochs() < 0 || options_.every_n_steps() < 0 ||
       !(options_.every_n_minutes() >= 0) || options_.keep_last() < 0) {
@@ -224,8 +224,12 @@ void CheckpointCallback::load(torch::serialize::InputArchive& archive) {
   best_path_ = path.toStringRef();
 }
 
+std::shared_ptr<CheckpointCallback> checkpoint(CheckpointOptions options) {
+  return std::make_shared<CheckpointCallback>(std::move(options));
+}
+
 std::shared_ptr<CheckpointCallback> checkpoint(std::string directory, CheckpointOptions options) {
-  return std::make_shared<CheckpointCallback>(std::move(directory), std::move(options));
+  return checkpoint(std::move(options.directory(std::move(directory))));
 }
 
 }  // namespace trainloop::callbacks

@@ -135,8 +135,14 @@ class LrScheduler : public Callback {
 
 }  // namespace
 
-std::shared_ptr<Callback> lr_scheduler(Schedule schedule, LrSchedulerOptions options) {
+std::shared_ptr<Callback> lr_scheduler(LrSchedulerOptions options) {
+  if (!options.schedule()) throw Error("lr_scheduler: the options hold no schedule");
+  Schedule schedule = *options.schedule();
   return std::make_shared<LrScheduler>(std::move(schedule), std::move(options));
+}
+
+std::shared_ptr<Callback> lr_scheduler(Schedule schedule, LrSchedulerOptions options) {
+  return lr_scheduler(std::move(options.schedule(std::move(schedule))));
 }
 
 }  // namespace trainloop::callbacks

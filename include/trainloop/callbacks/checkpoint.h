@@ -17,11 +17,16 @@
 
 namespace trainloop::callbacks {
 
-/// Settings for `checkpoint`. A checkpoint is written when any of the
-/// enabled triggers is due.
-/// Example: `CheckpointOptions().every_n_steps(500).keep_last(2).monitor("val_loss")`
+/// Settings for `checkpoint`: the directory, and the triggers (a checkpoint
+/// is written when any enabled one is due).
+/// Example: `CheckpointOptions("run/checkpoints").every_n_steps(500).keep_last(2).monitor("val_loss")`
 struct CheckpointOptions {
   CheckpointOptions() = default;
+  /// Checkpoints go into `directory`, one sub-directory each.
+  /* implicit */ CheckpointOptions(std::string directory) : directory_(std::move(directory)) {}
+  /* implicit */ CheckpointOptions(const char* directory) : directory_(directory) {}
+  /// The directory the checkpoints go into (required).
+  TORCH_ARG(std::string, directory);
   /// At every n-th epoch end (default 1; 0: not at epoch ends).
   TORCH_ARG(int64_t, every_n_epochs) = 1;
   /// After every n-th optimizer update (default 0: off).
@@ -55,12 +60,14 @@ struct CheckpointOptions {
 /// the event (a CSV row, a TensorBoard record) is inside the checkpoint.
 /// At fit_start it creates the directory and fails with `Error` naming it
 /// when it cannot be written, or when the monitor is unknown. Its own state
-/// (the best value and checkpoint) is saved under the key "checkpoint".
+/// (the best value and checkpoint) is saved under the key "checkpoint:" and
+/// the directory.
 /// In a data-parallel fit it runs on every rank, which decide alike (the
 /// time trigger by rank 0's clock) and save together: rank 0 writes.
 class TRAINLOOP_API CheckpointCallback : public Callback {
  public:
-  CheckpointCallback(std::string directory, CheckpointOptions options);
+  /// Throws `Error` for an empty directory or a negative trigger.
+  explicit CheckpointCallback(CheckpointOptions options);
   void on_event(Event event, TrainingLoop& loop) override;
   /// "checkpoint:" and the directory.
   std::string state_key() const override { return "checkpoint:" + directory_; }
@@ -101,9 +108,12 @@ class TRAINLOOP_API CheckpointCallback : public Callback {
   int64_t reported_invalid_ = 0;
 };
 
-/// A `CheckpointCallback` writing into `directory`.
-/// Example: `callbacks::checkpoint("run/checkpoints", CheckpointOptions().every_n_steps(100))`
+/// A `CheckpointCallback` writing into `options.directory()`.
+/// Example: `callbacks::checkpoint(CheckpointOptions("run/checkpoints").every_n_steps(100))`,
+/// or `callbacks::checkpoint("run/checkpoints")` with the default triggers.
+TRAINLOOP_API std::shared_ptr<CheckpointCallback> checkpoint(CheckpointOptions options);
+/// The same, the directory given apart (the form of earlier versions).
 TRAINLOOP_API std::shared_ptr<CheckpointCallback> checkpoint(std::string directory,
-                                                             CheckpointOptions options = {});
+                                                             CheckpointOptions options);
 
 }  // namespace trainloop::callbacks

@@ -12,10 +12,14 @@
 
 namespace trainloop::callbacks {
 
-/// Settings for `lr_scheduler`.
-/// Example: `LrSchedulerOptions().per_epoch(true)`
+/// Settings for `lr_scheduler`: the schedule, and how it is stepped.
+/// Example: `LrSchedulerOptions(schedules::one_cycle(0.01)).per_epoch(true)`
 struct LrSchedulerOptions {
   LrSchedulerOptions() = default;
+  /// Rates from `schedule`.
+  /* implicit */ LrSchedulerOptions(Schedule schedule) : schedule_(std::move(schedule)) {}
+  /// The schedule (required).
+  TORCH_ARG(std::optional<Schedule>, schedule) = std::nullopt;
   /// Change the rate once per epoch, at epoch_start, with step = epoch index
   /// and total = epoch count (so segment step counts count epochs), instead of
   /// before every update (default).
@@ -35,8 +39,11 @@ struct LrSchedulerOptions {
 /// momentum or Adam's/AdamW's beta1; with another optimizer fit_start throws
 /// `Error` naming its type. The schedule depends only on (global_step,
 /// total), so there is no state to checkpoint. State key "lr_scheduler".
-/// Example: `callbacks::lr_scheduler(schedules::warmup_linear(2e-5, 10))`
-TRAINLOOP_API std::shared_ptr<Callback> lr_scheduler(Schedule schedule,
-                                                     LrSchedulerOptions options = {});
+/// Example: `callbacks::lr_scheduler(schedules::warmup_linear(2e-5, 10))`, or
+/// `callbacks::lr_scheduler(LrSchedulerOptions(schedules::step_decay(0.1, 10)).per_epoch(true))`.
+/// Throws `Error` when the options hold no schedule.
+TRAINLOOP_API std::shared_ptr<Callback> lr_scheduler(LrSchedulerOptions options);
+/// The same, the schedule given apart (the form of earlier versions).
+TRAINLOOP_API std::shared_ptr<Callback> lr_scheduler(Schedule schedule, LrSchedulerOptions options);
 
 }  // namespace trainloop::callbacks
