@@ -50,9 +50,10 @@ std::string archive_key(const std::string& key) {
   return out;
 }
 
-// What `callback.save` writes; null when it writes nothing (a callback
-// without state needs no key of its own: two lambdas, two progress bars).
-std::unique_ptr<torch::serialize::OutputArchive> saved_state(const Callback& callback) {
+using ArchivePointer = std::unique_ptr<torch::serialize::OutputArchive>;
+
+// What `callback.save` writes.
+ArchivePointer saved(const Callback& callback) {
   auto archive = std::make_unique<torch::serialize::OutputArchive>();
   try {
     callback.save(*archive);
@@ -60,6 +61,12 @@ std::unique_ptr<torch::serialize::OutputArchive> saved_state(const Callback& cal
     throw Error(fmt::format("checkpoint: callback {} failed to save its state: {}",
                             callback.state_key(), e.what()));
   }
+  return archive;
+}
+
+// The same; null when it writes nothing.
+ArchivePointer saved_state(const Callback& callback) {
+  ArchivePointer archive = saved(callback);
   const std::string bytes = archive_bytes(*archive);
   torch::serialize::InputArchive written;
   written.load_from(bytes.data(), bytes.size(), torch::kCPU);
@@ -67,34 +74,47 @@ std::unique_ptr<torch::serialize::OutputArchive> saved_state(const Callback& cal
   return archive;
 }
 
-// The callbacks run on `rank` whose save writes anything, by archive key;
-// `Error` when two share one.
-std::map<std::string, std::unique_ptr<torch::serialize::OutputArchive>> callback_states(
-    const std::vector<std::shared_ptr<Callback>>& callbacks, int64_t rank) {
-  std::map<std::string, std::unique_ptr<torch::serialize::OutputArchive>> states;
-  std::map<std::string, std::string> owners;
+// The state of each callback run on `rank`, by archive key: every one's
+// with `save_all` (for a checkpoint), else only those of shared keys (a
+// check). A key may be shared by callbacks whose save writes nothing (two
+// lambdas, two progress bars), so only where one is shared is each save
+// tried for state; a callback with a key of its own is not asked to save
+// for a check. `Error` when two with state share a key.
+std::map<std::string, ArchivePointer> callback_states(
+    const std::vector<std::shared_ptr<Callback>>& callbacks, int64_t rank, bool save_all) {
+  std::map<std::string, std::vector<const Callback*>> by_key;
   for (const auto& callback : callbacks) {
     if (rank != 0 && callback->rank_zero_only()) continue;
-    auto state = saved_state(*callback);
-    if (!state) continue;
-    const std::string key = archive_key(callback->state_key());
-    const auto [owner, fresh] = owners.emplace(key, callback->state_key());
-    if (!fresh) {
-      if (owner->second == callback->state_key()) {
+    by_key[archive_key(callback->state_key())].push_back(callback.get());
+  }
+  std::map<std::string, ArchivePointer> states;
+  for (const auto& [key, sharing] : by_key) {
+    if (sharing.size() == 1) {
+      if (save_all) states.emplace(key, saved(*sharing.front()));
+      continue;
+    }
+    const Callback* owner = nullptr;
+    for (const Callback* callback : sharing) {
+      ArchivePointer state = saved_state(*callback);
+      if (!state) continue;
+      if (owner != nullptr && owner->state_key() == callback->state_key()) {
         throw Error(fmt::format("checkpoint: two callbacks with state share the state key \"{}\"; "
                                 "give one of them another state_key()",
                                 callback->state_key()));
       }
-      throw Error(fmt::format("checkpoint: the state keys \"{}\" and \"{}\" are the same once "
-                              "reduced to letters, digits and '_'; rename one",
-                              owner->second, callback->state_key()));
+      if (owner != nullptr) {
+        throw Error(fmt::format("checkpoint: the state keys \"{}\" and \"{}\" are the same once "
+                                "reduced to letters, digits and '_'; rename one",
+                                owner->state_key(), callback->state_key()));
+      }
+      owner = callback;
+      states.emplace(key, std::move(state));
     }
-    states.emplace(key, std::move(state));
   }
   return states;
 }
 
-// Rank r's generators and running metrics (see rank_state_bytes): rank 0's
+// Rank r's generators and running metrics (see write_rank_state): rank 0's
 // are at the top of state.pt, the others' in bytes under "rank{r}".
 torch::serialize::InputArchive& rank_state(torch::serialize::InputArchive& top,
                                            torch::serialize::InputArchive& storage, int64_t rank,
@@ -146,7 +166,7 @@ void TrainingLoop::write_rank_state(torch::serialize::OutputArchive& state) cons
 }
 
 void TrainingLoop::check_checkpointable(bool inside_epochs) const {
-  callback_states(callbacks_, state_.rank);
+  callback_states(callbacks_, state_.rank, /*save_all=*/false);
   if (!inside_epochs) return;
   for (const auto& metric : state_.training_metrics) {
     torch::serialize::OutputArchive trial;
@@ -168,7 +188,7 @@ void TrainingLoop::save_checkpoint(const std::string& path, ResumePoint resume,
   std::exception_ptr failure;
   if (state_.rank == 0) {
     try {
-      auto callback_archives = callback_states(callbacks_, 0);
+      auto callback_archives = callback_states(callbacks_, 0, /*save_all=*/true);
       detail::Manifest manifest;
       manifest.id = detail::new_checkpoint_id();
       manifest.info.resume = resume;
