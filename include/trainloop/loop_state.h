@@ -32,8 +32,16 @@ struct TRAINLOOP_API LoopState {
   int64_t batch_count = 0;
   /// Batches of the current (or last) epoch's training pass.
   int64_t training_batch_count = 0;
-  /// Optimizer updates done since the fit started.
+  /// Optimizer updates done since the fit started. An update the loss
+  /// scaler skips (see `update_skipped`) is not counted.
   int64_t global_step = 0;
+  /// Set before update_start: true when this batch's optimizer update is
+  /// skipped because the loss scaler (float16 mixed precision, see
+  /// `TrainingLoop::mixed_precision`) found an inf or nan gradient. The
+  /// update and `global_step` do not advance for it, so neither do schedules,
+  /// weight averages or step-based checkpoints; the gradients at update_start
+  /// are then not finite, as expected. False otherwise.
+  bool update_skipped = false;
   /// Training, validation, evaluation or prediction.
   Phase phase = Phase::training;
   /// The device the model runs on.
