@@ -16,6 +16,7 @@
 #include "checkpoint_directory.h"
 #include "distributed/coordinator.h"
 #include "io/zip_check.h"
+#include "step_precision.h"
 #include "trainloop/error.h"
 #include "trainloop/training_loop.h"
 #include "weights_bytes.h"
@@ -215,6 +216,10 @@ void TrainingLoop::save_checkpoint(const std::string& path, ResumePoint resume,
       torch::serialize::OutputArchive state;
       write_rank_state(state);
       detail::write_identity(state, manifest.id, resume, state_.global_step);
+      // The same on every rank (the loss scale), so once.
+      torch::serialize::OutputArchive precision;
+      precision_->save(precision);
+      state.write("precision", precision);
       for (size_t r = 1; r < ranks.size(); ++r) {
         torch::Tensor bytes = torch::empty({static_cast<int64_t>(ranks[r].size())}, torch::kUInt8);
         std::memcpy(bytes.data_ptr<uint8_t>(), ranks[r].data(), ranks[r].size());
@@ -298,9 +303,17 @@ int64_t TrainingLoop::restore_position(const detail::LoadedCheckpoint& checkpoin
       saved_metrics.read(fmt::format("m{}", i), metric);
       state_.training_metrics[i]->load(metric);
     }
+    // Absent from older checkpoints and empty from a fit without a loss
+    // scaler: the scaler then starts afresh.
+    torch::serialize::InputArchive precision;
+    if (archive.try_read("precision", precision) && !precision.keys().empty()) {
+      precision_->load(precision);
+    }
   } catch (const c10::Error& e) {
-    throw Error(fmt::format("{}: cannot read the running metrics: {}", state_path,
-                            e.what_without_backtrace()));
+    throw Error(fmt::format("{}: cannot read the running metrics or the loss scale: {}",
+                            state_path, e.what_without_backtrace()));
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", state_path, e.what()));
   }
   state_.epoch = manifest.info.resume.epoch;
   state_.global_step = manifest.info.global_step;

@@ -10,8 +10,8 @@
 #include "distributed/coordinator.h"
 #include "error_text.h"
 #include "loop_checks.h"
-#include "precision.h"
 #include "signals.h"
+#include "step_precision.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -25,6 +25,13 @@ torch::Tensor to_device(const torch::Tensor& tensor, const torch::Device& device
     return (tensor.is_pinned() ? tensor : tensor.pin_memory()).to(device, /*non_blocking=*/true);
   }
   return tensor.to(device);
+}
+
+// Metrics and predictions get float32 where autocast left a lower
+// precision, so sums over many batches keep their digits.
+torch::Tensor full_precision(const torch::Tensor& tensor) {
+  const auto type = tensor.scalar_type();
+  return type == torch::kHalf || type == torch::kBFloat16 ? tensor.to(torch::kFloat) : tensor;
 }
 
 // Puts the model back into the mode it was in when fit, evaluate or
@@ -117,6 +124,8 @@ void TrainingLoop::explain_failure(const std::string& what, Work&& work) {
 }
 
 void TrainingLoop::begin_run(const Model& model, torch::Device device) {
+  // Before the model moves: an unsupported precision is the error to see.
+  precision_->start(device);
   model_.emplace(model);
   check_targets_ = true;
   model_->to(device);
@@ -245,11 +254,12 @@ void TrainingLoop::run_batch(const data::Batch& batch) {
   state_.inputs = to_device(batch.inputs, state_.device);
   state_.targets = to_device(batch.targets, state_.device);
   state_.outputs = state_.loss = torch::Tensor();
+  state_.update_skipped = false;
   between(Event::batch_start, Event::batch_end, CancelScope::batch, [&] {
     explain_failure("the step", [&] { precision_->forward([&] { run_step(); }); });
     emit(Event::inference_prediction_end);
     if (state_.phase == Phase::prediction) {
-      predictions_.push_back(state_.outputs.detach());
+      predictions_.push_back(full_precision(state_.outputs.detach()));
       return;
     }
     update_metrics();
@@ -274,8 +284,8 @@ void TrainingLoop::update_metrics() {
                             detail::position(state_), detail::shape_text(state_.targets),
                             to_string(state_.phase)));
   }
-  const torch::Tensor outputs = state_.outputs.detach();
-  const torch::Tensor loss = state_.loss.detach();
+  const torch::Tensor outputs = full_precision(state_.outputs.detach());
+  const torch::Tensor loss = full_precision(state_.loss.detach());
   for (const auto& metric : state_.phase_metrics()) {
     explain_failure(fmt::format("metric \"{}\"", metric->name()),
                     [&] { metric->update(outputs, state_.targets, loss); });
@@ -296,10 +306,12 @@ void TrainingLoop::backward_and_update() {
   // would lose the gradients gathered so far.
   if (!updates) return;
   coordinator_->after_backward();
-  precision_->unscale(optimizer_);
+  const bool found_inf = precision_->unscale(optimizer_);
+  // Every rank skips alike (with averaged gradients they agree anyway).
+  state_.update_skipped = precision_->may_skip() && coordinator_->any(found_inf);
   emit(Event::update_start);
-  precision_->update(optimizer_);
-  ++state_.global_step;
+  precision_->update(optimizer_, state_.update_skipped);
+  if (!state_.update_skipped) ++state_.global_step;
   if (handle_signals_ && state_.interrupt_signal == 0) {
     state_.interrupt_signal = coordinator_->signal_after_update(local_signal());
   }

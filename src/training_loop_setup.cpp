@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "distributed/coordinator.h"
-#include "precision.h"
+#include "step_precision.h"
 #include "trainloop/error.h"
 
 namespace trainloop {
@@ -41,7 +41,7 @@ TrainingLoop::TrainingLoop(data::DataSource training, data::DataSource validatio
   sort_callbacks();
   state_.optimizer = &optimizer_;
   coordinator_ = detail::make_single_process(nullptr);
-  precision_ = std::make_shared<detail::Precision>();
+  precision_ = detail::make_step_precision(MixedPrecisionOptions());
 }
 
 void TrainingLoop::sort_callbacks() {
@@ -74,6 +74,13 @@ TrainingLoop& TrainingLoop::add_callback(std::shared_ptr<Callback> callback) {
   sort_callbacks();
   return *this;
 }
+
+TrainingLoop& TrainingLoop::mixed_precision(MixedPrecisionOptions options) {
+  precision_ = detail::make_step_precision(options);
+  return *this;
+}
+
+const LossScaler* TrainingLoop::loss_scaler() const { return precision_->scaler(); }
 
 TrainingLoop& TrainingLoop::handle_signals(bool on) {
   handle_signals_ = on;

@@ -20,6 +20,7 @@
 #include "trainloop/metrics.h"
 #include "trainloop/model.h"
 #include "trainloop/output_lock.h"
+#include "trainloop/precision.h"
 
 namespace trainloop {
 
@@ -127,6 +128,25 @@ class TRAINLOOP_API TrainingLoop {
   /// Appends a callback after those given to the constructor (and before
   /// any of a higher `order()`).
   TrainingLoop& add_callback(std::shared_ptr<Callback> callback);
+  /// How steps compute, in fit, evaluate and predict alike (default
+  /// float32). For bfloat16 or float16 the step (forward and loss, the
+  /// custom `step` too) runs under autocast (`AutocastGuard`): eligible
+  /// operations such as matrix products and convolutions compute in the
+  /// lower precision, the rest in float32, the weights stay float32 and
+  /// backward runs outside. Outputs reach metrics and `predict` as float32.
+  /// With loss scaling (float16's default) the loss is scaled before
+  /// backward and the gradients are unscaled before update_start, so
+  /// gradient clipping and `terminate_on_nan` see true gradients; an update
+  /// whose gradients hold an inf or nan is skipped (`LoopState::
+  /// update_skipped`; in a data-parallel fit on every rank), does not count
+  /// in `global_step`, and backs the scale off. The scaler's state is in
+  /// checkpoints. Reads one bool from the device per update with loss
+  /// scaling, nothing otherwise. `fit` throws `Error` when this LibTorch
+  /// cannot autocast to the dtype on the device (`autocast_supported`).
+  TrainingLoop& mixed_precision(MixedPrecisionOptions options);
+  /// The loss scaler of `mixed_precision`, null when none runs (e.g. to read
+  /// `scale_value()`).
+  const LossScaler* loss_scaler() const;
   /// Whether `fit` handles SIGINT and SIGTERM (default true): the first
   /// signal lets the current batch finish (a running validation pass, too),
   /// then the fit stops as after `CancelFit`, end events and fit_end run so

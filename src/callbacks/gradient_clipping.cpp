@@ -43,7 +43,8 @@ class GradientClipping : public Callback {
   std::string state_key() const override { return kClippingKey; }
 
   void on_event(Event event, TrainingLoop& loop) override {
-    if (event != Event::update_start) return;
+    // A skipped update's gradients are discarded: nothing to clip.
+    if (event != Event::update_start || loop.state().update_skipped) return;
     std::vector<torch::Tensor> grads;
     for (const auto& parameter : loop.model().parameters()) {
       if (parameter.grad().defined()) grads.push_back(parameter.grad());

@@ -48,7 +48,11 @@ class TerminateOnNan : public Callback {
         }
         break;
       case Event::update_start:
-        if (options_.check_gradients()) record_gradients(loop.model(), state);
+        // Gradients the loss scaler found not finite are expected: it skips
+        // their update and lowers the scale.
+        if (options_.check_gradients() && !state.update_skipped) {
+          record_gradients(loop.model(), state);
+        }
         break;
       case Event::batch_end:
         if (state.phase != Phase::training) break;
