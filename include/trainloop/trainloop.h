@@ -14,6 +14,7 @@
 #include "trainloop/callbacks/reduce_lr_on_plateau.h"
 #include "trainloop/callbacks/tensorboard.h"
 #include "trainloop/callbacks/terminate_on_nan.h"
+#include "trainloop/callbacks/weight_averaging.h"
 #include "trainloop/checkpoint.h"
 #include "trainloop/data/batch.h"
 #include "trainloop/data/batch_source.h"
