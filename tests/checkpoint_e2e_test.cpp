@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -18,6 +19,7 @@
 #include "support/child_process.h"
 #include "support/test_support.h"
 #include "trainloop/checkpoint.h"
+#include "trainloop/precision.h"
 
 namespace trainloop {
 namespace {
@@ -62,44 +64,66 @@ std::string tensorboard_records(const fs::path& out) {
 
 size_t line_count(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
 
-// The run every interrupted one must reproduce, made once for all tests.
+// What an uninterrupted run of the worker in one mode (its extra
+// arguments) left: every interrupted run of that mode must reproduce it.
+struct Reference {
+  double seconds = 0;
+  std::string weights;
+  std::string log;
+  std::string tensorboard;
+  std::string said;
+};
+
+// The uninterrupted runs, made once per mode for all tests.
 class CheckpointE2eTest : public ::testing::Test {
  public:
-  static void SetUpTestSuite() {
-    reference_ = new TempDir();
-    const fs::path out = reference_->path / "reference";
-    const auto started = Clock::now();
-    Worker worker(out, {});
-    const Exit exit = worker.wait();
-    reference_seconds_ = std::chrono::duration<double>(Clock::now() - started).count();
-    ASSERT_FALSE(exit.signaled);
-    ASSERT_EQ(exit.code, 0) << read_text(out.string() + ".worker.log");
-    reference_weights_ = read_text(out / "final.pt");
-    reference_log_ = read_text(out / "log.csv");
-    reference_tensorboard_ = tensorboard_records(out);
-  }
-  // gtest reports the tests of a suite whose SetUpTestSuite failed as
-  // skipped: fail each instead.
-  void SetUp() override {
-    ASSERT_FALSE(reference_weights_.empty()) << "the uninterrupted reference run failed (see above)";
-  }
+  static void SetUpTestSuite() { scratch_ = new TempDir(); }
   static void TearDownTestSuite() {
-    delete reference_;
-    reference_ = nullptr;
+    delete scratch_;
+    scratch_ = nullptr;
+    references_.clear();
+  }
+
+  static fs::path scratch() { return scratch_->path; }
+
+  // The reference of `mode`, run the first time it is asked for. Empty
+  // weights when that run failed (the test's assertion says why).
+  static const Reference& reference(const std::vector<std::string>& mode) {
+    std::string key;
+    for (const auto& arg : mode) key += arg + " ";
+    auto found = references_.find(key);
+    if (found != references_.end()) return found->second;
+    Reference& made = references_[key];
+    const fs::path out = scratch() / fmt::format("reference{}", references_.size());
+    const auto started = Clock::now();
+    Worker worker(out, mode);
+    const Exit exit = worker.wait();
+    made.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    made.said = read_text(out.string() + ".worker.log");
+    EXPECT_FALSE(exit.signaled);
+    EXPECT_EQ(exit.code, 0) << made.said;
+    if (exit.signaled || exit.code != 0) return made;
+    made.weights = read_text(out / "final.pt");
+    made.log = read_text(out / "log.csv");
+    made.tensorboard = tensorboard_records(out);
+    return made;
   }
 
   // Resumes until the run completes; the final weights, log and TensorBoard
   // records must equal the reference's byte for byte.
-  static void finish_and_compare(const fs::path& out) {
-    Worker worker(out, {"--resume"});
+  static void finish_and_compare(const fs::path& out, const std::vector<std::string>& mode = {}) {
+    const Reference& expected = reference(mode);
+    ASSERT_FALSE(expected.weights.empty()) << "the uninterrupted reference run failed";
+    std::vector<std::string> args = mode;
+    args.push_back("--resume");
+    Worker worker(out, args);
     const Exit exit = worker.wait();
     ASSERT_FALSE(exit.signaled);
     ASSERT_EQ(exit.code, 0) << read_text(out.string() + ".worker.log");
-    ASSERT_FALSE(reference_weights_.empty());
-    EXPECT_TRUE(read_text(out / "final.pt") == reference_weights_)
+    EXPECT_TRUE(read_text(out / "final.pt") == expected.weights)
         << "the resumed run's weights differ from the uninterrupted run's";
-    EXPECT_EQ(read_text(out / "log.csv"), reference_log_);
-    EXPECT_EQ(tensorboard_records(out), reference_tensorboard_);
+    EXPECT_EQ(read_text(out / "log.csv"), expected.log);
+    EXPECT_EQ(tensorboard_records(out), expected.tensorboard);
   }
 
   // Waits until the worker's log has at least `rows` lines (it is running).
@@ -112,18 +136,13 @@ class CheckpointE2eTest : public ::testing::Test {
     return false;
   }
 
-  static TempDir* reference_;
-  static double reference_seconds_;
-  static std::string reference_weights_;
-  static std::string reference_log_;
-  static std::string reference_tensorboard_;
+ private:
+  static TempDir* scratch_;
+  static std::map<std::string, Reference> references_;
 };
 
-TempDir* CheckpointE2eTest::reference_ = nullptr;
-double CheckpointE2eTest::reference_seconds_ = 0;
-std::string CheckpointE2eTest::reference_weights_;
-std::string CheckpointE2eTest::reference_log_;
-std::string CheckpointE2eTest::reference_tensorboard_;
+TempDir* CheckpointE2eTest::scratch_ = nullptr;
+std::map<std::string, Reference> CheckpointE2eTest::references_;
 
 bool has_temporary(const fs::path& checkpoints) {
   std::error_code error;
@@ -133,19 +152,24 @@ bool has_temporary(const fs::path& checkpoints) {
   return false;
 }
 
-TEST_F(CheckpointE2eTest, KilledAtRandomMomentsResumesToTheSameWeightsAndLog) {
-  constexpr int kKills = 24;
-  const fs::path out = reference_->path / "killed";
+// Kills a worker of `mode` `kills` times, at random moments and (every
+// third) while it writes a checkpoint, resuming each time, then lets it
+// finish: the weights, log and TensorBoard records equal the reference's.
+void kill_and_resume(const fs::path& out, const std::vector<std::string>& mode, int kills_wanted) {
+  const Reference& reference = CheckpointE2eTest::reference(mode);
+  ASSERT_FALSE(reference.weights.empty()) << "the uninterrupted reference run failed";
   const fs::path checkpoints = out / "checkpoints";
+  std::vector<std::string> args = mode;
+  args.push_back("--resume");
   // Fixed seed: a failure names a kill sequence that can be replayed.
   std::mt19937 random(20261201);
   // Up to 60% of a whole run: most attempts are killed, not finished.
-  std::uniform_real_distribution<double> delay(0.0, std::max(0.2, 0.6 * reference_seconds_));
+  std::uniform_real_distribution<double> delay(0.0, std::max(0.2, 0.6 * reference.seconds));
   int kills = 0;
   int during_write = 0;
   int attempts = 0;
-  for (; kills < kKills && attempts < 400; ++attempts) {
-    Worker worker(out, {"--resume"});
+  for (; kills < kills_wanted && attempts < 400; ++attempts) {
+    Worker worker(out, args);
     // Every third kill waits for a checkpoint being written (its temporary
     // directory exists) and kills then; the others at a random moment.
     const bool aim_at_write = attempts % 3 == 2;
@@ -171,13 +195,35 @@ TEST_F(CheckpointE2eTest, KilledAtRandomMomentsResumesToTheSameWeightsAndLog) {
     ++kills;
     if (has_temporary(checkpoints)) ++during_write;
   }
-  ASSERT_EQ(kills, kKills) << "the worker kept finishing before it could be killed";
+  ASSERT_EQ(kills, kills_wanted) << "the worker kept finishing before it could be killed";
   std::printf("killed %d times (%d while a checkpoint was being written) in %d starts\n", kills,
               during_write, attempts);
   EXPECT_GE(during_write, 1) << "no kill landed inside a checkpoint write";
-  RecordProperty("kills", kills);
-  RecordProperty("kills_during_checkpoint_write", during_write);
-  finish_and_compare(out);
+  ::testing::Test::RecordProperty("kills", kills);
+  ::testing::Test::RecordProperty("kills_during_checkpoint_write", during_write);
+  CheckpointE2eTest::finish_and_compare(out, mode);
+}
+
+TEST_F(CheckpointE2eTest, KilledAtRandomMomentsResumesToTheSameWeightsAndLog) {
+  kill_and_resume(scratch() / "killed", {}, 24);
+}
+
+// Mixed precision with a loss scaler that overflows and backs off again and
+// again, and a moving average of the weights that validation uses and the
+// final weights are: the scale, its growth count, the skipped updates and
+// the average resume exactly.
+TEST_F(CheckpointE2eTest, KilledUnderMixedPrecisionWithEmaResumesExactly) {
+  std::vector<std::vector<std::string>> modes = {{"--precision", "bf16", "--loss-scaling", "--ema"}};
+  if (autocast_supported(torch::kCPU, torch::kHalf)) {
+    modes.push_back({"--precision", "fp16", "--loss-scaling", "--ema"});
+  }
+  for (const auto& mode : modes) {
+    SCOPED_TRACE(mode[1]);
+    const Reference& reference = CheckpointE2eTest::reference(mode);
+    // The reference run really skipped updates (printed by the worker).
+    EXPECT_THAT(reference.said, ::testing::ContainsRegex("loss scale [0-9.e+]+, [1-9][0-9]* updates skipped"));
+    kill_and_resume(scratch() / ("killed-" + mode[1]), mode, 8);
+  }
 }
 
 // Signals the worker once its log has `rows` lines; it must finish the batch,
@@ -200,15 +246,15 @@ void interrupt_and_resume(const fs::path& out, int signal_number, size_t rows) {
 }
 
 TEST_F(CheckpointE2eTest, SigintFinishesTheBatchSavesAndResumes) {
-  interrupt_and_resume(reference_->path / "sigint", SIGINT, 40);
+  interrupt_and_resume(scratch() / "sigint", SIGINT, 40);
 }
 
 TEST_F(CheckpointE2eTest, SigtermStopsWithExitCode143AndResumes) {
-  interrupt_and_resume(reference_->path / "sigterm", SIGTERM, 70);
+  interrupt_and_resume(scratch() / "sigterm", SIGTERM, 70);
 }
 
 TEST_F(CheckpointE2eTest, SecondSigintEndsTheProcessAtOnce) {
-  const fs::path out = reference_->path / "twice";
+  const fs::path out = scratch() / "twice";
   // Each batch takes 2 s, so the second signal comes while the first waits
   // for the batch to finish.
   Worker worker(out, {"--slow-ms", "2000"});
