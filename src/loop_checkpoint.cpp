@@ -216,6 +216,11 @@ void TrainingLoop::save_checkpoint(const std::string& path, ResumePoint resume,
       torch::serialize::OutputArchive state;
       write_rank_state(state);
       detail::write_identity(state, manifest.id, resume, state_.global_step);
+      // LibTorch's Optimizer::save keeps no group options before 2.x, so
+      // a rate a callback set (a plateau's cut) would be lost on resume.
+      std::vector<double> rates;
+      for (const auto& group : optimizer_.param_groups()) rates.push_back(group.options().get_lr());
+      state.write("learning_rates", torch::tensor(rates, torch::kDouble));
       // The same on every rank (the loss scale), so once.
       torch::serialize::OutputArchive precision;
       precision_->save(precision);
@@ -302,6 +307,20 @@ int64_t TrainingLoop::restore_position(const detail::LoadedCheckpoint& checkpoin
       torch::serialize::InputArchive metric;
       saved_metrics.read(fmt::format("m{}", i), metric);
       state_.training_metrics[i]->load(metric);
+    }
+    // Absent from checkpoints of an earlier version, whose rates are then
+    // those Optimizer::load leaves.
+    torch::Tensor rates;
+    if (archive.try_read("learning_rates", rates)) {
+      rates = rates.cpu().to(torch::kDouble);
+      auto& groups = optimizer_.param_groups();
+      if (rates.dim() != 1 || rates.numel() != static_cast<int64_t>(groups.size())) {
+        throw Error(fmt::format("{}: holds {} learning rates, this optimizer has {} parameter groups",
+                                state_path, rates.numel(), groups.size()));
+      }
+      for (size_t i = 0; i < groups.size(); ++i) {
+        groups[i].options().set_lr(rates[static_cast<int64_t>(i)].item<double>());
+      }
     }
     // Absent from older checkpoints and empty from a fit without a loss
     // scaler: the scaler then starts afresh.

@@ -885,3 +885,39 @@ TEST_F(CheckpointTest, PythonTorchLoadsTheWeightsAndComputesTheSameOutputs) {
 
 }  // namespace
 }  // namespace trainloop
+
+namespace trainloop {
+namespace {
+
+// A rate a callback cut (as reduce_lr_on_plateau does) is the rate after a
+// resume, though LibTorch's Optimizer::load (before 2.x) restores no group
+// options: the loop's checkpoint state keeps each group's rate.
+TEST(CheckpointRatesTest, ARateACallbackSetSurvivesTheResume) {
+  const TempDir scratch;
+  const fs::path checkpoints = scratch.path / "checkpoints";
+  auto run = [&](const std::string& resume, bool cut, std::vector<double>& rates_seen) {
+    torch::manual_seed(4);
+    Net model;
+    torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+    TrainingLoop loop(data::Epochs(make_dataset(40, 1), 8).seed(5), nullptr, optimizer,
+                      losses::cross_entropy, {},
+                      {callbacks::checkpoint(checkpoints.string()),
+                       callbacks::lambda([&rates_seen, cut](Event event, TrainingLoop& l) {
+                         if (event == Event::epoch_start) rates_seen.push_back(l.state().learning_rate());
+                         if (cut && event == Event::epoch_end && l.state().epoch == 0) {
+                           l.state().set_learning_rate(0.01);
+                         }
+                       })});
+    loop.handle_signals(false);
+    return loop.fit(model, resume.empty() ? 1 : 2, torch::kCPU, resume);
+  };
+  std::vector<double> first;
+  std::vector<double> resumed;
+  ASSERT_EQ(run("", true, first), FitStatus::completed);
+  ASSERT_EQ(run(checkpoints.string(), false, resumed), FitStatus::completed);
+  EXPECT_EQ(first, std::vector<double>{0.1});
+  EXPECT_EQ(resumed, std::vector<double>{0.01}) << "epoch 1 must train at the cut rate";
+}
+
+}  // namespace
+}  // namespace trainloop
