@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -310,6 +311,48 @@ struct Counter : Callback {
   bool zero_only;
   int events = 0;
 };
+
+// One rank's loss overflows the scaled gradients (rank 1's third batch of
+// each epoch, 10^30 times larger): the averaged gradients carry the inf to
+// every rank, and every rank skips that update, backs its scale off and
+// counts no step for it, so the ranks stay equal.
+TEST(DataParallelFitTest, AnOverflowOnOneRankSkipsTheUpdateOnEvery) {
+  std::vector<Net> nets{make_net(5), make_net(5)};
+  std::vector<std::vector<int64_t>> skipped(2);
+  std::vector<std::vector<torch::Tensor>> parameters(2);
+  std::vector<double> scales(2);
+  std::vector<int64_t> steps(2);
+  run_ranks(2, [&](std::shared_ptr<distributed::ProcessGroup> group) {
+    const auto rank = static_cast<size_t>(group->rank());
+    torch::optim::SGD optimizer(nets[rank]->parameters(), torch::optim::SGDOptions(0.1));
+    TrainingLoop loop(data::Epochs(training_set(), 8).seed(3), nullptr, optimizer,
+                      losses::cross_entropy);
+    loop.handle_signals(false).data_parallel(group);
+    loop.mixed_precision(MixedPrecisionOptions(torch::kBFloat16)
+                             .loss_scaling(LossScalerOptions().init_scale(std::ldexp(1.0, 100))));
+    loop.step([](LoopState& state, const Model& net, const LossFunction& loss) {
+      state.outputs = net.forward(state.inputs);
+      state.loss = loss(state.outputs, state.targets);
+      if (state.rank == 1 && state.batch == 2) state.loss = state.loss * 1e30;
+    });
+    loop.add_callback(callbacks::lambda([&skipped, rank](Event event, TrainingLoop& l) {
+      if (event == Event::update_start && l.state().update_skipped) {
+        skipped[rank].push_back(l.state().epoch * 100 + l.state().batch);
+      }
+    }));
+    loop.fit(nets[rank], 2);
+    parameters[rank] = copies(nets[rank]->parameters());
+    scales[rank] = loop.loss_scaler()->scale_value();
+    steps[rank] = loop.state().global_step;
+  });
+  EXPECT_EQ(skipped[0], (std::vector<int64_t>{2, 102}));
+  EXPECT_EQ(skipped[1], skipped[0]);
+  EXPECT_EQ(scales[0], std::ldexp(1.0, 98));
+  EXPECT_EQ(scales[1], scales[0]);
+  EXPECT_EQ(steps[0], 2 * 6 - 2);  // 48 examples a rank, batches of 8
+  EXPECT_EQ(steps[1], steps[0]);
+  expect_close(parameters[1], parameters[0], 0.0, "rank 1 against rank 0");
+}
 
 TEST(DataParallelFitTest, RankZeroOnlyCallbacksRunOnRankZero) {
   std::vector<int> everywhere(2), zero_only(2);
