@@ -216,7 +216,7 @@ void TrainingLoop::save_checkpoint(const std::string& path, ResumePoint resume,
       torch::serialize::OutputArchive state;
       write_rank_state(state);
       detail::write_identity(state, manifest.id, resume, state_.global_step);
-      // LibTorch's Optimizer::save keeps no group options before 2.x, so
+      // LibTorch 1.13's Optimizer::save keeps no group options, so
       // a rate a callback set (a plateau's cut) would be lost on resume.
       std::vector<double> rates;
       for (const auto& group : optimizer_.param_groups()) rates.push_back(group.options().get_lr());

@@ -308,10 +308,12 @@ void TrainingLoop::backward_and_update() {
   coordinator_->after_backward();
   const bool found_inf = precision_->unscale(optimizer_);
   // Every rank skips alike (with averaged gradients they agree anyway).
-  state_.update_skipped = precision_->may_skip() && coordinator_->any(found_inf);
+  // Callbacks read the flag; the loop keeps its own copy.
+  const bool skip = precision_->may_skip() && coordinator_->any(found_inf);
+  state_.update_skipped = skip;
   emit(Event::update_start);
-  precision_->update(optimizer_, state_.update_skipped);
-  if (!state_.update_skipped) ++state_.global_step;
+  precision_->update(optimizer_, skip);
+  if (!skip) ++state_.global_step;
   if (handle_signals_ && state_.interrupt_signal == 0) {
     state_.interrupt_signal = coordinator_->signal_after_update(local_signal());
   }

@@ -890,7 +890,7 @@ namespace trainloop {
 namespace {
 
 // A rate a callback cut (as reduce_lr_on_plateau does) is the rate after a
-// resume, though LibTorch's Optimizer::load (before 2.x) restores no group
+// resume, though LibTorch 1.13's Optimizer::load restores no group
 // options: the loop's checkpoint state keeps each group's rate.
 TEST(CheckpointRatesTest, ARateACallbackSetSurvivesTheResume) {
   const TempDir scratch;

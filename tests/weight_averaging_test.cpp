@@ -33,13 +33,16 @@ using testing::ThrowsMessage;
 using testing_support::TempDir;
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
 
-// The goldens come from float32 training in Python; the C++ loop runs the
-// same kernels, so training agrees to the bit or nearly. The averages differ
-// by rounding alone (e.g. the EMA's fused multiply-add against Python's
-// separate products): we allow 1e-6 relative, with 1e-7 absolute for values
-// near zero. The SWALR rates are double arithmetic written alike: 1e-15.
-constexpr double kRelative = 1e-6;
-constexpr double kAbsolute = 1e-7;
+// The goldens come from float32 training in Python's torch 1.13; the C++
+// loop on LibTorch 1.13 runs the same kernels, so training agrees to the bit
+// or nearly, and the averages differ by rounding alone (e.g. the EMA's fused
+// multiply-add against Python's separate products: up to 1.2e-7). Other
+// LibTorch versions round some kernels differently (2.13: up to 4e-7 on
+// the trained weights), so we allow 1e-5 relative with 1e-6 absolute for
+// values near zero; an average off by one update is off by ~1e-3. The SWALR
+// rates are double arithmetic written alike: 1e-15.
+constexpr double kRelative = 1e-5;
+constexpr double kAbsolute = 1e-6;
 
 // The goldens' model: Linear, BatchNorm1d, ReLU, Linear.
 struct NetImpl : torch::nn::Module {

@@ -40,7 +40,9 @@ struct TRAINLOOP_API LoopState {
   /// `TrainingLoop::mixed_precision`) found an inf or nan gradient. The
   /// update and `global_step` do not advance for it, so neither do schedules,
   /// weight averages or step-based checkpoints; the gradients at update_start
-  /// are then not finite, as expected. False otherwise.
+  /// are then not finite, as expected. False otherwise. For callbacks to
+  /// read: the loop does not read it back (to skip a batch, throw
+  /// `CancelBatch`).
   bool update_skipped = false;
   /// Training, validation, evaluation or prediction.
   Phase phase = Phase::training;

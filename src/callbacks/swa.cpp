@@ -117,8 +117,6 @@ class Swa : public WeightAverage {
         }
         // The first average copies, so the values taken here never count.
         weights().capture(loop.model(), /*with_buffers=*/false);
-        rates_.clear();
-        rates_optimizer_ = &loop.optimizer();
         break;
       case Event::epoch_start:
         if (state.epoch == start_) set_rate(loop, 0);
@@ -142,50 +140,25 @@ class Swa : public WeightAverage {
     }
   }
 
-  void save(torch::serialize::OutputArchive& archive) const override {
-    weights().save(archive);
-    // LibTorch's Optimizer::load restores no learning rates, and SWALR's
-    // next step starts from the rate in force.
-    if (!rates_.empty()) archive.write("rates", torch::tensor(rates_, torch::kDouble));
-  }
+  // The rates SWALR set are the loop's checkpoint state (each group's
+  // rate), from which its next step starts.
+  void save(torch::serialize::OutputArchive& archive) const override { weights().save(archive); }
 
-  void load(torch::serialize::InputArchive& archive) override {
-    weights().load(archive);
-    torch::Tensor rates;
-    if (!archive.try_read("rates", rates)) return;  // saved before swa_start
-    if (rates_optimizer_ == nullptr || rates.numel() != static_cast<int64_t>(
-                                                            rates_optimizer_->param_groups().size())) {
-      throw Error(fmt::format("{}: the checkpoint holds {} learning rates, the optimizer has {} "
-                              "parameter groups",
-                              kSwaName, rates.numel(),
-                              rates_optimizer_ ? rates_optimizer_->param_groups().size() : 0));
-    }
-    rates_.clear();
-    for (int64_t i = 0; i < rates.numel(); ++i) {
-      rates_.push_back(rates[i].item<double>());
-      rates_optimizer_->param_groups()[i].options().set_lr(rates_.back());
-    }
-  }
+  void load(torch::serialize::InputArchive& archive) override { weights().load(archive); }
 
  private:
   // SWALR's step `step`: step 0 at construction, before epoch swa_start,
   // then one at the end of each epoch from swa_start on.
   void set_rate(TrainingLoop& loop, int64_t step) {
     if (!options_.swa_lr()) return;
-    rates_.clear();
     for (auto& group : loop.optimizer().param_groups()) {
-      rates_.push_back(swalr_rate(group.options().get_lr(), *options_.swa_lr(), step,
-                                  options_.anneal_epochs(), options_.anneal_strategy()));
-      group.options().set_lr(rates_.back());
+      group.options().set_lr(swalr_rate(group.options().get_lr(), *options_.swa_lr(), step,
+                                        options_.anneal_epochs(), options_.anneal_strategy()));
     }
   }
 
   SwaOptions options_;
   int64_t start_;
-  // The rates of each parameter group set last in this fit (empty before
-  // swa_start or without swa_lr), and the optimizer load() sets them in.
-  std::vector<double> rates_;
-  torch::optim::Optimizer* rates_optimizer_ = nullptr;
 };
 
 }  // namespace

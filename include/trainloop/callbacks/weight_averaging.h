@@ -145,9 +145,9 @@ struct SwaOptions {
 /// data (`start_epoch(0)`, every batch, `model(inputs)` in training mode
 /// without gradients on the fit's device; momenta and the model's mode are
 /// restored). In a data-parallel fit each rank averages its own identical
-/// weights but recomputes the statistics over its shard. The average, its
-/// count and the rates it set (LibTorch's `Optimizer::load` restores no
-/// rates) are its checkpoint state (key "swa"). Throws `Error` naming a bad
+/// weights but recomputes the statistics over its shard. The average and
+/// its count are its checkpoint state (key "swa"); the rates it set are in
+/// the loop's. Throws `Error` naming a bad
 /// option; with a TorchScript model and `update_bn`, at fit_start.
 /// Example: `callbacks::swa(SwaOptions(75).swa_lr(0.05))`
 TRAINLOOP_API std::shared_ptr<WeightAverage> swa(SwaOptions options);
