@@ -10,7 +10,9 @@
 //
 //   precision_speed [--rounds 5] [--steps 0] [--workloads mlp,lenet,resnet,char_gpt]
 //
-// One LibTorch thread for everything. Each round runs the three
+// One thread for everything: LibTorch's, and OpenBLAS's own pool, which
+// Debian's LibTorch uses for float32 matrix products and which ignores
+// torch::set_num_threads. Each round runs the three
 // implementations once per workload, in an order that rotates from round to
 // round; the table gives the median over rounds of the per-step CPU time
 // (CLOCK_PROCESS_CPUTIME_ID, the primary measure on a shared machine) and
@@ -411,6 +413,10 @@ int main(int argc, char** argv) {
   }
   torch::set_num_threads(1);
   torch::set_num_interop_threads(1);
+  // Debian's LibTorch multiplies float32 matrices with OpenBLAS, whose own
+  // thread pool would otherwise run the fp32 loops' products on every core
+  // (bfloat16's go through oneDNN, which follows set_num_threads).
+  const int openblas_threads = bench::set_openblas_threads(1);
   if (!tl::autocast_supported(torch::kCPU, torch::kBFloat16)) {
     std::fprintf(stderr, "precision_speed: this LibTorch cannot autocast to bfloat16 on the CPU\n");
     return 1;
@@ -421,8 +427,12 @@ int main(int argc, char** argv) {
     char date[64];
     std::strftime(date, sizeof date, "%Y-%m-%d %H:%M %Z", std::localtime(&now));
     std::printf("# precision_speed\n\n");
-    std::printf("- date: %s\n- CPU: %s\n- LibTorch %s, %d thread (torch::set_num_threads(1))\n",
-                date, cpu_description().c_str(), TORCH_VERSION, torch::get_num_threads());
+    std::printf("- date: %s\n- CPU: %s\n- LibTorch %s, %d thread (torch::set_num_threads(1)); %s\n",
+                date, cpu_description().c_str(), TORCH_VERSION, torch::get_num_threads(),
+                openblas_threads > 0
+                    ? fmt::format("OpenBLAS (float32 matrix products) {} thread (openblas_set_num_threads)",
+                                  openblas_threads).c_str()
+                    : "no OpenBLAS loaded");
     std::printf("- %lld rounds; implementation order rotates each round; times: median over rounds "
                 "of CPU time (CLOCK_PROCESS_CPUTIME_ID) and wall time per step; ratio: median of "
                 "each round's paired CPU-time ratio hand-written fp32 / implementation (> 1: faster)\n",
