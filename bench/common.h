@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <ctime>
+#include <dlfcn.h>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -39,6 +40,21 @@ inline double cpu_seconds() {
   timespec now{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
   return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
+
+/// Sets the threads of OpenBLAS's own pool, where this LibTorch computes
+/// float32 matrix products with OpenBLAS (Debian's does): that pool ignores
+/// `torch::set_num_threads`, so a "one thread" run otherwise multiplies on
+/// every core. Returns OpenBLAS's thread count afterwards, or 0 when no
+/// OpenBLAS is loaded (looked up at run time, so nothing links against it).
+inline int set_openblas_threads(int threads) {
+  using Set = void (*)(int);
+  using Get = int (*)();
+  const auto set = reinterpret_cast<Set>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  const auto get = reinterpret_cast<Get>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (set == nullptr || get == nullptr) return 0;
+  set(threads);
+  return get();
 }
 
 /// Wall and CPU seconds of one timed piece of work.

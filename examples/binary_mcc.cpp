@@ -32,6 +32,7 @@ struct Flags {
   std::vector<int64_t> hidden{32};
   std::string out = "run/binary";
   int threads = 0;
+  std::string precision = "fp32";
 };
 
 }  // namespace
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
   app.add_option("--out", flags.out, "directory for curves.svg")->check(tl::examples::kOutputDirectory)->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")
       ->check(CLI::Range(0, 1024))->capture_default_str();
+  tl::examples::add_precision_flag(app, flags.precision);
   if (const int code = tl::examples::parse_command_line(app, argc, argv); code >= 0) return code;
   if (const std::string problem = tl::examples::table_flags_problem(flags.table); !problem.empty()) {
     return tl::examples::usage_error(app, problem);
@@ -112,15 +114,16 @@ int main(int argc, char** argv) {
          report,
          tl::callbacks::plot(tl::callbacks::PlotOptions((out / "curves.svg").string())
                                  .title("Binary MLP on " + title))});
+    loop.mixed_precision(tl::parse_precision(flags.precision));  // evaluate() too
     const auto start = std::chrono::steady_clock::now();
     loop.fit(model, flags.epochs, torch::kCPU);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const auto metrics = loop.evaluate(model, tl::data::Batches(test, 256));
     std::printf("test MCC %.4f, accuracy %.4f after %lld epochs (%lld updates, %lld warm-up, peak lr "
-                "%g) in %.2f s\n",
+                "%g) in %.2f s (%s)\n",
                 metrics.at("matthews_correlation"), metrics.at("accuracy"),
                 static_cast<long long>(flags.epochs), static_cast<long long>(updates),
-                static_cast<long long>(warmup_steps), flags.peak_lr, seconds);
+                static_cast<long long>(warmup_steps), flags.peak_lr, seconds, flags.precision.c_str());
     std::printf("files: %s\n", (out / "curves.svg").c_str());
     return 0;
   } catch (const std::exception& e) {

@@ -46,6 +46,7 @@ struct Flags {
   int64_t sample_length = 400;
   double temperature = 0.8;
   int64_t top_k = 20;
+  std::string precision = "fp32";
 };
 
 // The fortune files of `directory`: regular files only, so the .u8 links to
@@ -150,10 +151,10 @@ std::string sample(tl::examples::Gpt& model, const tl::data::Vocabulary& vocabul
 std::string configuration(const Flags& flags, int64_t vocabulary, int64_t parameters) {
   return fmt::format("char GPT on fortunes: context {}, {} layers, {} heads, embedding {}, "
                      "vocabulary {}, {} parameters; {} epochs of {} batches of {}; AdamW peak lr {} "
-                     "weight decay {}, warm-up {} steps then cosine to lr/10; seed {}",
+                     "weight decay {}, warm-up {} steps then cosine to lr/10; seed {}; precision {}",
                      flags.context, flags.layers, flags.heads, flags.embedding, vocabulary,
                      parameters, flags.epochs, flags.batches_per_epoch, flags.batch_size, flags.lr,
-                     flags.weight_decay, flags.warmup_steps, flags.seed);
+                     flags.weight_decay, flags.warmup_steps, flags.seed, flags.precision);
 }
 
 }  // namespace
@@ -186,6 +187,7 @@ int main(int argc, char** argv) {
   app.add_option("--sample-length", flags.sample_length, "tokens to generate after training")->check(CLI::Range(int64_t{0}, int64_t{100000}))->capture_default_str();
   app.add_option("--temperature", flags.temperature, "sampling temperature")->check(kPositive)->capture_default_str();
   app.add_option("--top-k", flags.top_k, "sample among the k most likely tokens")->check(CLI::Range(int64_t{1}, int64_t{256}))->capture_default_str();
+  tl::examples::add_precision_flag(app, flags.precision);
   if (const auto code = tl::examples::parse(app, argc, argv, kProgram)) return *code;
   if (flags.embedding % flags.heads != 0) {
     return tl::examples::usage_error(kProgram, fmt::format("--embedding: {} is not a multiple of --heads {}", flags.embedding, flags.heads));
@@ -244,14 +246,20 @@ int main(int argc, char** argv) {
                                         .log_dir((out / "tensorboard" / "stats").string())
                                         .config_text(configuration(flags, vocabulary.size(), parameters))),
          tl::callbacks::lr_scheduler(tl::schedules::warmup_cosine(flags.lr, flags.warmup_steps, flags.lr / 10))});
+    // Training and the validation perplexities (evaluate) run in this
+    // precision; the sample after training runs in float32 (sample() calls
+    // the model outside the loop): the weights are float32 either way, and
+    // float32 logits keep the top-k cut and the softmax exact.
+    loop.mixed_precision(tl::parse_precision(flags.precision));
 
     std::printf("fortunes: %zu files, %zu bytes (%zu for training, %zu held out), vocabulary of %lld bytes\n",
                 files.size(), all_text.size(), train_text.size(), validation_text.size(),
                 static_cast<long long>(vocabulary.size()));
-    std::printf("GPT: %lld layers, %lld heads, embedding %lld, context %lld, %lld parameters; on %s, LibTorch threads: %d\n",
+    std::printf("GPT: %lld layers, %lld heads, embedding %lld, context %lld, %lld parameters; on %s, %s, LibTorch threads: %d\n",
                 static_cast<long long>(flags.layers), static_cast<long long>(flags.heads),
                 static_cast<long long>(flags.embedding), static_cast<long long>(flags.context),
-                static_cast<long long>(parameters), device.str().c_str(), torch::get_num_threads());
+                static_cast<long long>(parameters), device.str().c_str(), flags.precision.c_str(),
+                torch::get_num_threads());
     const double before = loop.evaluate(model, tl::data::Batches(validation, 64), device).at("perplexity");
     std::printf("validation perplexity before training %.2f\n", before);
     std::fflush(stdout);

@@ -101,6 +101,34 @@ inline const CLI::Validator kSeed(
     },
     "UINT64");
 
+/// The names --precision accepts (trainloop::parse_precision reads them).
+inline const char* const kPrecisionNames[] = {"fp32", "bf16", "fp16"};
+
+/// Checks --precision: fp32, bf16 or fp16, refused at parse time with one
+/// line naming the flag (CLI11 prefixes its name) and the accepted names.
+inline const CLI::Validator kPrecision(
+    [](std::string& text) -> std::string {
+      for (const char* name : kPrecisionNames) {
+        if (text == name) return "";
+      }
+      return "\"" + text + "\" is not a precision, expected fp32, bf16 or fp16";
+    },
+    "{fp32,bf16,fp16}");
+
+/// Adds --precision (default fp32) to `app`, read into `precision`; apply it
+/// with `loop.mixed_precision(trainloop::parse_precision(precision))`. A
+/// precision that this LibTorch cannot autocast to on the device (float16 on
+/// the CPU before LibTorch 2.4) is the library's `Error` when fit starts.
+inline CLI::Option* add_precision_flag(CLI::App& app, std::string& precision) {
+  return app
+      .add_option("--precision", precision,
+                  "fp32, or bf16 / fp16: mixed precision, each step's forward and loss under "
+                  "autocast to that type, the weights float32 (fp16 with loss scaling; on the "
+                  "CPU it needs LibTorch 2.4 or newer)")
+      ->check(kPrecision)
+      ->capture_default_str();
+}
+
 /// What is wrong with `path` as an output directory that the program will
 /// create: empty when nothing is. Checked before any file is touched, so the
 /// user reads one line naming the path instead of a raw filesystem_error.

@@ -37,6 +37,8 @@ struct Flags {
   bool resume = false;
   int64_t checkpoint_steps = 0;
   double dist_timeout = 300;
+  std::string precision = "fp32";
+  int64_t train_examples = 0;
 };
 
 // Exit code 2 with one line for anything wrong on the command line.
@@ -55,9 +57,9 @@ int usage_error(const std::string& message) {
 // The run's settings, written to TensorBoard as a text summary.
 std::string configuration(const Flags& flags) {
   return fmt::format("LeNet-5 on Fashion-MNIST: epochs {}, batch size {}, SGD lr {} momentum {}, "
-                     "schedule {}, seed {}, device {}",
+                     "schedule {}, seed {}, device {}, precision {}",
                      flags.epochs, flags.batch_size, flags.lr, flags.momentum, flags.schedule,
-                     flags.seed, flags.device);
+                     flags.seed, flags.device, flags.precision);
 }
 
 // The schedule named by --schedule, with --lr as its peak; none for constant.
@@ -95,6 +97,10 @@ int main(int argc, char** argv) {
   app.add_option("--dist-timeout", flags.dist_timeout,
                  "data-parallel: seconds to wait for the other processes before giving up")
       ->check(tl::examples::finite_positive(kMaxTimeoutSeconds))->capture_default_str();
+  tl::examples::add_precision_flag(app, flags.precision);
+  app.add_option("--train-examples", flags.train_examples,
+                 "training images used, a fixed random subset (0: all 60000), e.g. for a quick check")
+      ->check(CLI::Range(int64_t{0}, int64_t{60000}))->capture_default_str();
   app.add_flag("--lr-find", flags.lr_find,
                "sweep the learning rate, write lr_find.svg under --out, suggest a rate, and exit");
   try {
@@ -134,6 +140,11 @@ int main(int argc, char** argv) {
     }
     const bool rank_zero = !group || group->rank() == 0;
     auto [train, test] = tl::data::fashion_mnist(flags.data_dir);
+    if (flags.train_examples > 0 && flags.train_examples < train.size()) {
+      // The first of a fixed random order, so that a subset holds every class.
+      train = tl::data::subset(train, tl::data::epoch_permutation(train.size(), flags.seed, 0)
+                                          .narrow(0, 0, flags.train_examples));
+    }
     torch::manual_seed(flags.seed);
     tl::examples::LeNet model;
     torch::optim::SGD optimizer(model->parameters(),
@@ -173,6 +184,7 @@ int main(int argc, char** argv) {
                           tl::data::Batches(test, 1000), optimizer, tl::losses::cross_entropy,
                           {tl::metrics::accuracy(), tl::metrics::top_k_accuracy(5)}, callbacks);
     loop.data_parallel(group);
+    loop.mixed_precision(tl::parse_precision(flags.precision));
     if (flags.lr_find) {
       const auto found = tl::lr_find(loop, model, tl::LrFinderOptions().device(device).svg_path(
                                                       (out / "lr_find.svg").string()));
@@ -183,9 +195,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (rank_zero) {
-      std::printf("Fashion-MNIST: %lld training and %lld test images; LeNet-5 on %s, LibTorch threads: %d%s\n",
+      std::printf("Fashion-MNIST: %lld training and %lld test images; LeNet-5 on %s, %s, LibTorch threads: %d%s\n",
                   static_cast<long long>(train.size()), static_cast<long long>(test.size()),
-                  device.str().c_str(), torch::get_num_threads(),
+                  device.str().c_str(), flags.precision.c_str(), torch::get_num_threads(),
                   group ? fmt::format("; data-parallel over {} processes ({})", group->world_size(),
                                       group->backend_name()).c_str()
                         : "");
@@ -218,14 +230,15 @@ int main(int argc, char** argv) {
     const double accuracy = history.empty() ? NAN : history.back().at("val_accuracy");
     const fs::path model_path = out / "lenet.pt";
     tl::save_weights(model, model_path.string());
-    std::printf("test accuracy %.4f after %lld epochs in %.1f s; model saved to %s\n", accuracy,
-                static_cast<long long>(flags.epochs), seconds, model_path.c_str());
+    std::printf("test accuracy %.4f after %lld epochs in %.1f s (%s); model saved to %s\n", accuracy,
+                static_cast<long long>(flags.epochs), seconds, flags.precision.c_str(),
+                model_path.c_str());
     std::printf("logs: %s, %s, %s (tensorboard --logdir %s)\n", (out / "log.csv").c_str(),
                 (out / "curves.svg").c_str(), (out / "tensorboard" / "stats").c_str(),
                 (out / "tensorboard" / "stats").c_str());
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "fashion_mnist_lenet: %s\n", e.what());
-    return 1;
+    // One line, without a LibTorch error's C++ stack.
+    return tl::examples::run_error("fashion_mnist_lenet", e);
   }
 }

@@ -38,6 +38,7 @@ struct Flags {
   std::string device = "cpu";
   int threads = 0;
   std::string out = "run/resnet";
+  std::string precision = "fp32";
 };
 
 // The first `count` examples of a fixed random order (all when count is 0
@@ -111,10 +112,10 @@ void standardize(tl::data::TensorDataset& train, tl::data::TensorDataset& test) 
 
 std::string configuration(const Flags& flags, const std::string& data_name) {
   return fmt::format("ResNet-{} on {}: {} epochs, {} training images, batch size {}, SGD "
-                     "one-cycle peak {} weight decay {}, augmentation {}, seed {}",
+                     "one-cycle peak {} weight decay {}, augmentation {}, seed {}, precision {}",
                      6 * flags.blocks_per_stage + 2, data_name, flags.epochs, flags.train_examples,
                      flags.batch_size, flags.lr, flags.weight_decay, flags.augment ? "on" : "off",
-                     flags.seed);
+                     flags.seed, flags.precision);
 }
 
 }  // namespace
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", flags.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")->check(CLI::Range(0, 1024))->capture_default_str();
   app.add_option("--out", flags.out, "directory for the model and tensorboard/")->check(tl::examples::kOutputDirectory)->capture_default_str();
+  tl::examples::add_precision_flag(app, flags.precision);
   if (const auto code = tl::examples::parse(app, argc, argv, kProgram)) return *code;
   torch::Device device(torch::kCPU);
   if (const auto code = tl::examples::parse_device(flags.device, kProgram, device)) return *code;
@@ -175,13 +177,14 @@ int main(int argc, char** argv) {
                                         .log_dir((out / "tensorboard" / "stats").string())
                                         .config_text(configuration(flags, data_name))),
          tl::callbacks::lr_scheduler(tl::schedules::one_cycle(flags.lr))});
+    loop.mixed_precision(tl::parse_precision(flags.precision));
 
-    std::printf("%s: %lld training and %lld test images of %lldx%lldx%lld; ResNet-%lld on %s, LibTorch threads: %d\n",
+    std::printf("%s: %lld training and %lld test images of %lldx%lldx%lld; ResNet-%lld on %s, %s, LibTorch threads: %d\n",
                 data_name.c_str(), static_cast<long long>(train.size()), static_cast<long long>(test.size()),
                 static_cast<long long>(train.inputs.size(1)), static_cast<long long>(train.inputs.size(2)),
                 static_cast<long long>(train.inputs.size(3)),
                 static_cast<long long>(6 * flags.blocks_per_stage + 2), device.str().c_str(),
-                torch::get_num_threads());
+                flags.precision.c_str(), torch::get_num_threads());
     std::fflush(stdout);
     const auto start = std::chrono::steady_clock::now();
     loop.fit(model, flags.epochs, device);
@@ -189,9 +192,9 @@ int main(int argc, char** argv) {
     const fs::path model_path = out / "resnet.pt";
     torch::save(model, (out / "resnet.pt.tmp").string());
     fs::rename(out / "resnet.pt.tmp", model_path);
-    std::printf("test accuracy %.4f after %lld epochs on %lld training images in %.1f s; model saved to %s\n",
+    std::printf("test accuracy %.4f after %lld epochs on %lld training images in %.1f s (%s); model saved to %s\n",
                 loop.state().metric("val_accuracy"), static_cast<long long>(flags.epochs),
-                static_cast<long long>(train.size()), seconds, model_path.c_str());
+                static_cast<long long>(train.size()), seconds, flags.precision.c_str(), model_path.c_str());
     return 0;
   } catch (const std::exception& e) {
     return tl::examples::run_error(kProgram, e);

@@ -29,6 +29,7 @@ struct Flags {
   std::vector<int64_t> hidden{32, 16};
   std::string out = "run/tabular";
   int threads = 0;
+  std::string precision = "fp32";
 };
 
 // Which row (0-based, among the table's rows) went to which part, for
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
   app.add_option("--out", flags.out, "directory for loss.svg, split.csv and model.pt")->check(tl::examples::kOutputDirectory)->capture_default_str();
   app.add_option("--threads", flags.threads, "CPU threads (0: LibTorch's default)")
       ->check(CLI::Range(0, 1024))->capture_default_str();
+  tl::examples::add_precision_flag(app, flags.precision);
   if (const int code = tl::examples::parse_command_line(app, argc, argv); code >= 0) return code;
   if (const std::string problem = tl::examples::table_flags_problem(flags.table); !problem.empty()) {
     return tl::examples::usage_error(app, problem);
@@ -145,6 +147,7 @@ int main(int argc, char** argv) {
         {tl::metrics::accuracy()},
         {report, tl::callbacks::plot(tl::callbacks::PlotOptions((out / "loss.svg").string())
                                          .title("MLP on " + title))});
+    loop.mixed_precision(tl::parse_precision(flags.precision));  // predict() too
     const auto start = std::chrono::steady_clock::now();
     loop.fit(model, flags.epochs, torch::kCPU);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -154,9 +157,9 @@ int main(int argc, char** argv) {
     const int64_t correct = (logits.argmax(1) == test.targets).sum().item<int64_t>();
     write_split(out / "split.csv", table, parts);
     save_model(model, standardizer, out / "model.pt");
-    std::printf("test accuracy %.4f (%lld of %lld) after %lld epochs in %.2f s\n", accuracy,
+    std::printf("test accuracy %.4f (%lld of %lld) after %lld epochs in %.2f s (%s)\n", accuracy,
                 static_cast<long long>(correct), static_cast<long long>(test.size()),
-                static_cast<long long>(flags.epochs), seconds);
+                static_cast<long long>(flags.epochs), seconds, flags.precision.c_str());
     print_mistakes(table, parts, logits, test.targets);
     std::printf("files: %s, %s, %s\n", (out / "loss.svg").c_str(), (out / "split.csv").c_str(),
                 (out / "model.pt").c_str());
