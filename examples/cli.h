@@ -6,6 +6,8 @@
 
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
+#include <trainloop/error.h>
+#include <trainloop/precision.h>
 
 #include <cerrno>
 #include <cmath>
@@ -101,17 +103,17 @@ inline const CLI::Validator kSeed(
     },
     "UINT64");
 
-/// The names --precision accepts (trainloop::parse_precision reads them).
-inline const char* const kPrecisionNames[] = {"fp32", "bf16", "fp16"};
-
-/// Checks --precision: fp32, bf16 or fp16, refused at parse time with one
-/// line naming the flag (CLI11 prefixes its name) and the accepted names.
+/// Checks --precision with the library's own parser (fp32, bf16, fp16 and
+/// their long names), refused at parse time with one line naming the flag
+/// (CLI11 prefixes its name) and the accepted names.
 inline const CLI::Validator kPrecision(
     [](std::string& text) -> std::string {
-      for (const char* name : kPrecisionNames) {
-        if (text == name) return "";
+      try {
+        trainloop::parse_precision(text);
+        return "";
+      } catch (const trainloop::Error&) {
+        return "\"" + text + "\" is not a precision, expected fp32, bf16 or fp16";
       }
-      return "\"" + text + "\" is not a precision, expected fp32, bf16 or fp16";
     },
     "{fp32,bf16,fp16}");
 

@@ -263,6 +263,33 @@ TEST(MixedPrecisionLoopTest, EvaluateAndPredictRunUnderTheSameAutocast) {
   EXPECT_TRUE(torch::allclose(predictions, model->forward(dataset.inputs).detach(), 0.05, 0.05));
 }
 
+// A step with its own autocast region (here: the loss in float32) nests
+// inside the loop's, and autocast is off again after the fit.
+TEST(MixedPrecisionLoopTest, AStepsOwnAutocastNestsInsideTheLoops) {
+  auto model = make_mlp();
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1));
+  const Task task = make_task(false);
+  const data::TensorDataset dataset(task.inputs.reshape({-1, 8}), task.targets.reshape({-1}));
+  TrainingLoop loop(data::Batches(dataset, kBatch), nullptr, optimizer, losses::cross_entropy);
+  loop.mixed_precision(torch::kBFloat16).handle_signals(false);
+  std::set<std::string> seen;
+  loop.step([&seen](LoopState& state, const Model& net, const LossFunction& loss) {
+    state.outputs = net.forward(state.inputs);
+    const torch::Tensor a = torch::ones({2, 2});
+    seen.insert(std::string("outer mm ") + c10::toString(torch::mm(a, a).scalar_type()));
+    {
+      const AutocastGuard full(torch::kCPU, torch::kFloat);
+      seen.insert(std::string("inner mm ") + c10::toString(torch::mm(a, a).scalar_type()));
+      state.loss = loss(state.outputs.to(torch::kFloat), state.targets);
+    }
+    seen.insert(std::string("after mm ") + c10::toString(torch::mm(a, a).scalar_type()));
+  });
+  loop.fit(model, 1);
+  EXPECT_EQ(seen, (std::set<std::string>{"outer mm BFloat16", "inner mm Float", "after mm BFloat16"}));
+  const torch::Tensor a = torch::ones({2, 2});
+  EXPECT_EQ(torch::mm(a, a).scalar_type(), torch::kFloat);
+}
+
 TEST(MixedPrecisionLoopTest, SkippedUpdatesDoNotTripTheNanGuard) {
   const Task task = make_task(true);
   auto model = make_mlp();
