@@ -35,7 +35,7 @@ TEST(PrecisionTest, ParsesTheNamesTheExamplesTake) {
   EXPECT_EQ(precision_name(torch::kHalf), "fp16");
   EXPECT_THAT([] { parse_precision("fp8"); },
               ThrowsMessage<Error>(HasSubstr("precision \"fp8\": expected fp32, bf16 or fp16")));
-  EXPECT_THAT([] { MixedPrecisionOptions(torch::kDouble); },
+  EXPECT_THAT([] { (void)MixedPrecisionOptions(torch::kDouble); },
               ThrowsMessage<Error>(HasSubstr("dtype Double")));
 }
 

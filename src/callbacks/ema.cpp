@@ -80,9 +80,6 @@ class Ema : public WeightAverage {
     }
   }
 
-  void save(torch::serialize::OutputArchive& archive) const override { weights().save(archive); }
-  void load(torch::serialize::InputArchive& archive) override { weights().load(archive); }
-
  private:
   double decay() const {
     if (!options_.warmup()) return options_.decay();

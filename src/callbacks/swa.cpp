@@ -140,11 +140,9 @@ class Swa : public WeightAverage {
     }
   }
 
-  // The rates SWALR set are the loop's checkpoint state (each group's
-  // rate), from which its next step starts.
-  void save(torch::serialize::OutputArchive& archive) const override { weights().save(archive); }
-
-  void load(torch::serialize::InputArchive& archive) override { weights().load(archive); }
+  // Its checkpoint state is the average's (WeightAverage::save); the rates
+  // SWALR set are the loop's (each group's rate), from which its next step
+  // starts.
 
  private:
   // SWALR's step `step`: step 0 at construction, before epoch swa_start,

@@ -196,4 +196,8 @@ int64_t WeightAverage::updates() const { return weights_->count(); }
 
 void WeightAverage::copy_to(const Model& model) const { weights_->copy_to(model); }
 
+void WeightAverage::save(torch::serialize::OutputArchive& archive) const { weights_->save(archive); }
+
+void WeightAverage::load(torch::serialize::InputArchive& archive) { weights_->load(archive); }
+
 }  // namespace trainloop::callbacks

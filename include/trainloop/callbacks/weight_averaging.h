@@ -46,6 +46,9 @@ class TRAINLOOP_API WeightAverage : public Callback {
   /// in place. Throws `Error` before the first fit_start, or when `model`'s
   /// parameters differ in names or shapes from those averaged.
   void copy_to(const Model& model) const;
+  /// The average and its count, a resumed fit's starting point.
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
 
  protected:
   /// `owner` names the callback in error messages, e.g. "ema".
