@@ -53,8 +53,6 @@ class MixedPrecision : public Precision {
     if (scaler_) scaler_->update(skip);
   }
 
-  bool may_skip() const override { return scaler_.has_value(); }
-
   const LossScaler* scaler() const override { return scaler_ ? &*scaler_ : nullptr; }
 
   void save(torch::serialize::OutputArchive& archive) const override {

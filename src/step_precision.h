@@ -35,9 +35,8 @@ class Precision {
   virtual void update(torch::optim::Optimizer& optimizer, bool skip) {
     if (!skip) optimizer.step();
   }
-  /// Whether `unscale` may ask for a skip.
-  virtual bool may_skip() const { return false; }
-  /// The loss scaler, null when none runs.
+  /// The loss scaler, null when none runs (then `unscale` never asks for a
+  /// skip).
   virtual const LossScaler* scaler() const { return nullptr; }
   /// What a checkpoint keeps (the loss scaler's state).
   virtual void save(torch::serialize::OutputArchive& /*archive*/) const {}

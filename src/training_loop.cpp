@@ -309,7 +309,7 @@ void TrainingLoop::backward_and_update() {
   const bool found_inf = precision_->unscale(optimizer_);
   // Every rank skips alike (with averaged gradients they agree anyway).
   // Callbacks read the flag; the loop keeps its own copy.
-  const bool skip = precision_->may_skip() && coordinator_->any(found_inf);
+  const bool skip = precision_->scaler() != nullptr && coordinator_->any(found_inf);
   state_.update_skipped = skip;
   emit(Event::update_start);
   precision_->update(optimizer_, skip);
